@@ -1,0 +1,1 @@
+"""Embedding models: config, network, training step and export, one module per model. No Prefect here."""
