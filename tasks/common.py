@@ -44,7 +44,8 @@ def artifact_key(*parts: str) -> str:
 class StoreCache(CachePolicy):
     """Cache on the recipe's fingerprint, but only while the store holds the dataset it made.
 
-    The task must take ``dataset`` (a storage.Dataset) and ``recipe`` (a storage.Recipe). When the
+    The task must take ``dataset`` (a storage.Dataset) and ``recipe`` (a storage.Recipe), and may
+    take ``part`` (a chunk or shard number) when it is mapped over the parts of one dataset. When the
     dataset is finished from this very recipe the key is its fingerprint, so Prefect reports the
     task Cached; when the store lacks it (deleted, interrupted, or never made) there is no key and the
     task runs. A cached state therefore always means the data is there.
@@ -60,7 +61,12 @@ class StoreCache(CachePolicy):
         dataset, recipe = inputs.get("dataset"), inputs.get("recipe")
         if not isinstance(dataset, Dataset) or not isinstance(recipe, Recipe):
             return None
-        return f"{recipe.fingerprint}-{dataset.name.replace('/', '-')}" if dataset.is_current(recipe) else None
+        if not dataset.is_current(recipe):
+            return None
+        # one key per task and part: several tasks of a flow may share a dataset and recipe
+        part = inputs.get("part")
+        key = f"{task_ctx.task.name}-{recipe.fingerprint}-{dataset.name}" + ("" if part is None else f"-{part}")
+        return artifact_key(key)
 
 
 STORE_CACHE = StoreCache()
