@@ -11,6 +11,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from storage import Dataset, Recipe
+from storage.manifest import digest
 
 _fallback = logging.getLogger("embedpipe")
 
@@ -65,8 +66,7 @@ class StoreCache(CachePolicy):
             return None
         # one key per task and part: several tasks of a flow may share a dataset and recipe
         part = inputs.get("part")
-        key = f"{task_ctx.task.name}-{recipe.fingerprint}-{dataset.name}" + ("" if part is None else f"-{part}")
-        return artifact_key(key)
+        return artifact_key(task_ctx.task.name) + "-" + digest([recipe.fingerprint, dataset.name, part])
 
 
 STORE_CACHE = StoreCache()
