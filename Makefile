@@ -38,6 +38,7 @@ lint: install
 
 # the Prefect UI on http://127.0.0.1:4200, over the same database the demo and the CLI write to
 server: install
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 bench: install

@@ -34,5 +34,8 @@ def default_store() -> str:
 def apply_defaults() -> None:
     """Set the environment defaults above without overriding anything the user has set."""
     os.environ.setdefault("PREFECT_HOME", str(work_dir() / "prefect"))
+    # Prefect's server makes PREFECT_HOME but not its parents, and with no folder for its SQLite file
+    # the temporary server dies at startup while the client waits out its whole timeout
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)

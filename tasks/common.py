@@ -75,12 +75,14 @@ STORE_CACHE = StoreCache()
 class Progress:
     """Throttled progress: a log line every ``every_s`` seconds and a Prefect progress artifact.
 
-        progress = Progress("parse chunk 3", total=12_000, unit="pages")
-        progress.advance(1)          # per record, cheap
-        progress.finish()
+    progress = Progress("parse chunk 3", total=12_000, unit="pages")
+    progress.advance(1)          # per record, cheap
+    progress.finish()
     """
 
-    def __init__(self, what: str, total: int | None, unit: str, *, every_s: float = 10.0, artifact: bool = True):
+    def __init__(
+        self, what: str, total: int | None, unit: str, *, every_s: float = 10.0, artifact: bool = True
+    ):
         self.what = what
         self.total = total
         self.unit = unit
