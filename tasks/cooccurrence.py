@@ -432,18 +432,40 @@ def cooccurrence_recipe(tokens: Dataset, options: CooccurrenceOptions) -> Recipe
     )
 
 
-def count_in_process(dataset: Dataset, tokens: Dataset, options: CooccurrenceOptions) -> dict[str, Any]:
-    """The co-occurrence step, its tasks one after another in this process (notebooks, benchmarks, tests)."""
+def count_in_process(
+    dataset: Dataset, tokens: Dataset, options: CooccurrenceOptions, workers: int = 1
+) -> dict[str, Any]:
+    """The co-occurrence step without Prefect (notebooks, benchmarks, tests); `workers` processes when > 1."""
     recipe = cooccurrence_recipe(tokens, options)
     if dataset.is_current(recipe):
         return summary(dataset)
     units = plan_cooccurrence.fn(dataset, recipe, tokens, options)
-    counted = [count_unit.fn(dataset, recipe, u["unit"], tokens, u, len(units), options) for u in units]
-    runs = [run for info in counted for run in info["runs"]]
     size = tokens.manifest().tables["vocabulary"]["rows"]
-    for partition in range(options.partitions):
-        merge_partition.fn(dataset, recipe, partition, runs, size, options)
+    with contextlib.ExitStack() as stack:
+        each = map
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork where there is one: a spawned worker spends seconds importing before it counts
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            each = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context)).map
+
+        counted = list(
+            each(_count, [(dataset, recipe, u["unit"], tokens, u, len(units), options) for u in units])
+        )
+        runs = [run for info in counted for run in info["runs"]]
+        list(each(_merge, [(dataset, recipe, p, runs, size, options) for p in range(options.partitions)]))
     return commit_cooccurrence.fn(dataset, recipe, tokens, len(units), options)
+
+
+def _count(arguments: tuple) -> dict:  # module functions: worker processes find them by name
+    return count_unit.fn(*arguments)
+
+
+def _merge(arguments: tuple) -> dict:
+    return merge_partition.fn(*arguments)
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -150,3 +150,12 @@ def test_bad_options_name_the_option():
         co.CooccurrenceOptions(weighting="linear")
     with pytest.raises(InputError, match="partitions"):
         co.CooccurrenceOptions(partitions=0)
+
+
+def test_worker_processes_give_the_same_rows(quijote_tokens):
+    store, tokens = quijote_tokens
+    options = co.CooccurrenceOptions(partitions=3, tokens_per_task=5_000)
+    alone, pooled = store.dataset("text/quijote/co-alone"), store.dataset("text/quijote/co-pooled")
+    co.count_in_process(alone, tokens, options)
+    co.count_in_process(pooled, tokens, options, workers=2)
+    assert as_dict(alone) == as_dict(pooled)
