@@ -158,3 +158,26 @@ def test_default_names():
         default_name(["/data/pg2000-don-quijote-es.txt.bz2", "wikipedia/ltgwiki"])
         == "pg2000-don-quijote-es+ltgwiki"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["processes", "dask"])
+def test_mapped_steps_on_worker_processes_and_dask(prefect_server, store, inputs, runner):
+    """The same co-occurrence rows whether the mapped tasks run in this process, a process pool or Dask."""
+    from flows.build_text_assets import task_runner_for
+
+    alone = build_text_assets(inputs, store=store.url, name="alone", steps=["cooccurrence"], **SMALL)
+    if runner == "processes":
+        task_runner = task_runner_for(2, None)
+    else:
+        from prefect_dask import DaskTaskRunner
+
+        task_runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+    flow = build_text_assets.with_options(task_runner=task_runner)
+    pooled = flow(inputs, store=store.url, name=runner, steps=["cooccurrence"], **SMALL)
+
+    def rows(made):
+        table = store.dataset(made["cooccurrence"]).read_table("cooccurrence")
+        return sorted(zip(*(table[c].to_pylist() for c in "ijx"), strict=True))
+
+    assert rows(alone) == rows(pooled)
