@@ -68,6 +68,8 @@ _WIDE_STOPS = "。！？।॥؟։።"
 _BOUNDARY = regex.compile(rf"(?P<mark>[.!?…]+|[{_WIDE_STOPS}]+)[\"'”’»)\]]*(?P<space>\s*)")
 _LAST_WORD = regex.compile(r"(\w+)$")
 # words a period follows without ending the sentence (English and Spanish; an initial also counts)
+# FIXME: other languages' abbreviations ("z. B.", "т. е.") end a sentence where they are followed by a
+# capital letter or a digit
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st sr sra srta jr vs fig no nos vol pp cf ca gen col lt sgt capt mt ft ud vd dña".split()
 )
@@ -487,6 +489,8 @@ def build_vocabulary(
         return summary(dataset)
     started = time.perf_counter()
     dataset.begin(recipe)
+    # FIXME: every distinct word of the corpus is held at once; a full English Wikipedia (tens of
+    # millions of types, most seen once) needs several GB here
     total: pa.Table | None = None
     for path in corpus.table_files("word_counts"):
         table = pq.read_table(path, filesystem=corpus.fs, schema=WORD_COUNTS)

@@ -54,7 +54,8 @@ class TopicOptions:
     eta: float | None = None  # None: 1/K
     seed: int = 0
     engine: str = "torch"  # our online VB on torch (GPU when there is one), or gensim's LdaMulticore
-    stop_words: str | None = None  # "en" (gensim's list), a file with one word per line, or None
+    # "en" (gensim's list), a file with one word per line, or None; other languages need a file
+    stop_words: str | None = None
     drop_most_frequent: int = 0  # also drop the vocabulary's N most frequent words
     no_below: int = 5  # keep words in at least this many documents
     no_above: float = 0.5  # and in at most this share of them

@@ -101,3 +101,13 @@ def test_bad_config_is_refused():
         LdaConfig(decay=0.2)
     with pytest.raises(ValueError, match="must be >= 1"):
         LdaConfig(topics=0)
+
+
+@pytest.mark.gpu
+def test_cuda_fits_what_the_cpu_fits():
+    corpus, _ = planted_corpus(documents=400)
+    cpu = fit(LdaConfig(topics=TOPICS, passes=3, batch_size=200, device="cpu"), corpus)
+    gpu = fit(LdaConfig(topics=TOPICS, passes=3, batch_size=200, device="cuda"), corpus)
+    assert gpu.lam.is_cuda
+    np.testing.assert_allclose(gpu.topic_word(), cpu.topic_word(), atol=1e-3)
+    np.testing.assert_allclose(gpu.transform(corpus), cpu.transform(corpus), atol=1e-3)
