@@ -15,7 +15,11 @@ parameters does nothing; a run that died resumes from its finished partitions an
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow, task
@@ -155,11 +159,12 @@ def ingest_images(
         return dataset.name
 
     info = prepare(dataset, recipe, source_, partition_rows, url_col, caption_col)
-    fetches = fetch_partition.map(
-        dataset=unmapped(dataset), partition=list(range(info["partitions"])), settings=unmapped(settings)
-    )
-    planner = ShardPlanner(dataset, rows=info["rows"], samples_per_shard=samples_per_shard)
-    fetched, shards = pack_as_fetched(dataset, list(fetches), planner, info["rows"])
+    with api_for_worker_processes():
+        fetches = fetch_partition.map(
+            dataset=unmapped(dataset), partition=list(range(info["partitions"])), settings=unmapped(settings)
+        )
+        planner = ShardPlanner(dataset, rows=info["rows"], samples_per_shard=samples_per_shard)
+        fetched, shards = pack_as_fetched(dataset, list(fetches), planner, info["rows"])
     manifest = commit(dataset, recipe, planner, fetched, shards, started)
     _report(dataset, manifest)
     return dataset.name
@@ -188,8 +193,46 @@ def _report(dataset: Dataset, manifest: Manifest) -> None:
     print(f"{dataset.store.full_url(dataset.path)}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
 
 
+@contextlib.contextmanager
+def api_for_worker_processes() -> Iterator[None]:
+    """Point the workers of a process pool at the API this flow run reports to.
+
+    With no PREFECT_API_URL set, a flow runs against a temporary local server. ProcessPoolTaskRunner
+    hands its workers only the settings that were set explicitly, so each worker would start a
+    temporary server of its own (about 30 s each, measured on 2 cores) and record its task runs
+    where nobody looks. Exporting the running server's URL for the length of the flow avoids both.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    context = FlowRunContext.get()
+    runner = getattr(context, "task_runner", None)
+    if (
+        PREFECT_API_URL.value()
+        or "PREFECT_API_URL" in os.environ
+        or not isinstance(runner, ProcessPoolTaskRunner)
+    ):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if not server.running:
+        yield
+        return
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def task_runner_for(processes: int, dask_address: str | None):
-    """One partition at a time in this process, a pool of processes, or an existing Dask cluster."""
+    """Partitions one at a time in this process, in a pool of processes, or on an existing Dask cluster.
+
+    One partition at a time per process keeps ``concurrency`` a bound per process: each partition
+    opens its own HTTP session with that many requests in flight.
+    """
     if dask_address:
         from prefect_dask import DaskTaskRunner
 
@@ -206,7 +249,19 @@ def _private_addresses(value: str) -> bool | list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        print(f"ingest-images: --processes must be >= 1, got {args.processes}", file=sys.stderr)
+        return 2
     runner = task_runner_for(args.processes, args.dask_address)
+    try:
+        _run_flow(runner, args)
+    except InputError as error:
+        print(f"ingest-images: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_flow(runner, args: argparse.Namespace) -> None:
     ingest_images.with_options(task_runner=runner)(
         source=args.source,
         store=args.store,
@@ -232,7 +287,6 @@ def run(args: argparse.Namespace) -> int:
         respect_x_robots_tag=not args.ignore_x_robots_tag,
         allow_private_addresses=args.allow_private_addresses,
     )
-    return 0
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:

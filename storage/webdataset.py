@@ -23,15 +23,19 @@ import io
 import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import numpy as np
-import torch
-import webdataset as wds
 from PIL import Image
 
 from storage.store import Dataset
+
+if TYPE_CHECKING:
+    import torch
+    import webdataset as wds
+
+# torch and webdataset are imported where they are used: the writer runs in every worker process of
+# the image flow, where importing torch would add seconds to each start and nothing else
 
 # fixed tar header fields: the same samples always give the same bytes
 _MTIME = 0
@@ -90,6 +94,8 @@ def _fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> 
 
 def shard_urls(shards: Dataset | str | list[str]) -> list[str]:
     """Shard URLs webdataset can open: from a dataset's index, a brace pattern, or a list."""
+    import webdataset as wds
+
     if isinstance(shards, Dataset):
         urls = [row["file"] for row in shard_files(shards)]
         protocol = shards.store.protocol
@@ -116,6 +122,9 @@ def to_sample(sample: dict[str, Any], transform: Callable[[Image.Image], torch.T
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) uint8: normalisation belongs to each model, on the GPU."""
+    import numpy as np
+    import torch
+
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
@@ -141,7 +150,7 @@ def image_text_dataset(
     shardshuffle: int | bool = False,
     shuffle: int = 0,
     seed: int = 0,
-    handler: Callable[[Exception], bool] = wds.reraise_exception,
+    handler: Callable[[Exception], bool] | None = None,
 ) -> wds.WebDataset:
     """Samples {"key", "image", "text", "meta"} from shards, split by rank and by DataLoader worker.
 
@@ -149,6 +158,9 @@ def image_text_dataset(
     images keep their stored size. ``shardshuffle`` shuffles shards within a buffer of that many
     (False: in order); ``shuffle`` shuffles samples within a buffer of that many (0: in order).
     """
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
     if transform is None:
         transform = resize_center_crop(image_size) if image_size else pil_to_tensor
     dataset = wds.WebDataset(
@@ -166,6 +178,8 @@ def image_text_dataset(
 
 
 def _collate(batch: list[dict[str, Any]]) -> tuple[torch.Tensor, list[str], list[dict[str, Any]]]:
+    import torch
+
     return torch.stack([s["image"] for s in batch]), [s["text"] for s in batch], [s["meta"] for s in batch]
 
 
@@ -183,6 +197,8 @@ def image_text_loader(
     Batches are formed in the workers and every partial batch is dropped, so each batch is full.
     ``epoch_steps`` caps the batches per epoch (see steps_per_epoch, for DDP).
     """
+    import webdataset as wds
+
     dataset = image_text_dataset(shards, image_size=image_size, **dataset_options)
     dataset = dataset.batched(batch_size, collation_fn=_collate, partial=False)
     loader = wds.WebLoader(
@@ -205,5 +221,7 @@ def steps_per_epoch(dataset: Dataset, *, world_size: int, num_workers: int, batc
 
 def iter_samples(shards: Dataset | str | list[str]) -> Iterator[dict[str, Any]]:
     """Every raw sample in shard order, in this process (no splitting): for checks and tools."""
+    import webdataset as wds
+
     dataset = wds.WebDataset(shard_urls(shards), shardshuffle=False, nodesplitter=None, workersplitter=None)
     yield from dataset

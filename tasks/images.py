@@ -139,11 +139,15 @@ def _target_size(width: int, height: int, options: ImageOptions) -> tuple[int, i
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def resize(image: Image.Image, options: ImageOptions) -> Image.Image:
+def resize(image: Image.Image, options: ImageOptions, original: tuple[int, int] | None = None) -> Image.Image:
     """Apply resize_mode: keep_ratio fits the smaller side to image_size, keep_ratio_largest the larger;
     center_crop fits the smaller side then crops the middle square; border fits the larger side then
-    pads to a black square."""
-    target = _target_size(*image.size, options)
+    pads to a black square.
+
+    ``original`` is the size before a JPEG draft reduced the image: the target comes from it, since
+    the draft rounds each side up on its own and would shift the aspect ratio by a pixel.
+    """
+    target = _target_size(*(original or image.size), options)
     if target is None:
         return image
     if target != image.size:
@@ -197,7 +201,11 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
             "decompression_bomb",
             f"{width}x{height} = {width * height:,} pixels > {options.max_image_pixels:,}",
         )
-    orientation = image.getexif().get(0x0112, 1)
+    try:
+        # PNG keeps EXIF after the pixels, so reading it decodes the image: a broken one fails here
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception as error:
+        raise ImageRejected("corrupt_image", f"{type(error).__name__}: {error}"[:300]) from None
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: displayed with width and height swapped
         width, height = height, width
     if min(width, height) < options.min_image_size:
@@ -216,7 +224,7 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
     except Exception as error:  # truncated data, broken chunks, bad EXIF
         raise ImageRejected("corrupt_image", f"{type(error).__name__}: {error}"[:300]) from None
 
-    image = resize(image, options)
+    image = resize(image, options, original=(width, height))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=options.encode_quality)
     return ProcessedImage(
