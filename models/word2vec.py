@@ -1,0 +1,461 @@
+"""word2vec: CBOW and skip-gram with negative sampling (Mikolov et al. 2013), batched in torch.
+
+    embedpipe train word2vec --store work/store --set mode=cbow --set dim=100 --set epochs=5
+
+Trained from the vocabulary and token shards of build-text-assets, as the word2vec tool and gensim
+train: frequent words are subsampled, each center word draws its window from 1..window, noise words
+come from the unigram distribution raised to 0.75, and the learning rate falls linearly from lr to
+min_lr over all epochs. Exports vectors.txt (word2vec text format) into the run folder.
+
+What differs from the one-pair-at-a-time C loop, to run as large tensor operations:
+- one step takes a chunk of ``batch_words`` tokens (whole sentences): every center of the chunk is
+  scored against the same parameters, and the updates are summed into the rows with index_add_;
+- skip-gram predicts the contexts from the center (as fastText does; the C tool predicts the center
+  from each context, the same pairs in the other direction), ``negative`` noise words per pair.
+  (Sharing one draw among a center's contexts, weighted by their number, was tried: it pushed every
+  vector toward one common direction, mean cosine 0.97 after one epoch of the WordNet glosses.)
+The random draws of a chunk come from a generator seeded by (seed, epoch, chunk), so a run resumed
+from a checkpoint draws what the uninterrupted run drew.
+
+Several processes (torchrun): each takes its contiguous share of the chunks and the parameters are
+averaged every ``sync_every`` steps and at each epoch end. One GPU already trains far faster than the
+token shards of a Wikipedia dump can be read, so this pays only for very large corpora.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import registry
+from models.base import (
+    CheckpointClock,
+    Distributed,
+    Meter,
+    ModelConfig,
+    TrainContext,
+    TrainingInterrupted,
+    clear_checkpoints,
+    generator,
+    load_checkpoint,
+    require,
+    save_checkpoint,
+)
+from models.data import TokenShards, Vocabulary, chunk_bounds
+from models.vectors import export_word_vectors, load_embedding
+from storage import Dataset
+
+# Tokens per step. Every center of a step is scored against the same parameters and the updates are
+# summed, so a frequent word's row takes the sum of all its updates at once: measured on the WordNet
+# glosses (2026-12), skip-gram at 16,384 tokens per step diverged (loss to inf) while 2,048 trained as
+# well as gensim. On a GPU a step of 8,192 tokens is a few dozen kernels, well under a millisecond.
+CPU_BATCH_WORDS = 2_048
+GPU_BATCH_WORDS = 8_192
+
+
+@dataclass
+class WindowConfig(ModelConfig):
+    """Settings of the models trained over windows of the token shards (word2vec, fastText)."""
+
+    dim: int = 100  # vector size, 2..4096 (gensim: vector_size)
+    window: int = 5  # largest distance to a context word, 1..100; each center draws its own from 1..window
+    negative: int = 5  # noise words per center, 1..100
+    ns_exponent: float = 0.75  # noise distribution = unigram counts ** ns_exponent, -1..1
+    sample: float = 1e-3  # subsampling threshold: a word of frequency f > sample is kept with p = (sqrt(f/sample)+1) sample/f; 0 = off
+    min_count: int = 5  # words seen fewer times are dropped, >= 1
+    epochs: int = 5  # passes over the token shards, 1..1000
+    lr: float = 0.025  # learning rate at the start (gensim: alpha), (0, 10]
+    min_lr: float = 0.0001  # learning rate at the end, reached linearly, 0..lr
+    batch_words: int = 0  # tokens per step, 0 = auto (2,048 on the CPU, 8,192 on a GPU); 256..2^20
+    sync_every: int = 64  # steps between parameter averaging across torchrun processes, >= 1
+
+    def validate(self) -> None:
+        super().validate()
+        require(2 <= self.dim <= 4096, "dim", self.dim, "between 2 and 4096")
+        require(1 <= self.window <= 100, "window", self.window, "between 1 and 100")
+        require(1 <= self.negative <= 100, "negative", self.negative, "between 1 and 100")
+        require(-1.0 <= self.ns_exponent <= 1.0, "ns_exponent", self.ns_exponent, "between -1 and 1")
+        require(
+            0.0 <= self.sample < 1.0,
+            "sample",
+            self.sample,
+            "in [0, 1) (1e-3 to 1e-5 are usual; 0 turns it off)",
+        )
+        require(self.min_count >= 1, "min_count", self.min_count, ">= 1")
+        require(1 <= self.epochs <= 1000, "epochs", self.epochs, "between 1 and 1000")
+        require(0.0 < self.lr <= 10.0, "lr", self.lr, "in (0, 10]")
+        require(0.0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"between 0 and lr ({self.lr})")
+        require(
+            self.batch_words == 0 or 256 <= self.batch_words <= 2**20,
+            "batch_words",
+            self.batch_words,
+            "0 (auto) or between 256 and 1,048,576 (larger steps diverge)",
+        )
+        require(self.sync_every >= 1, "sync_every", self.sync_every, ">= 1")
+
+    def resolved(self, device: torch.device):
+        if self.batch_words:
+            return self
+        values = self.to_dict() | {
+            "batch_words": GPU_BATCH_WORDS if device.type == "cuda" else CPU_BATCH_WORDS
+        }
+        return type(self).from_dict(values)
+
+
+@dataclass
+class Word2VecConfig(WindowConfig):
+    """word2vec settings, named as the word2vec tool and gensim name them."""
+
+    model = "word2vec"
+    mode: Literal["cbow", "skipgram"] = "skipgram"  # cbow: the mean of the contexts predicts the center
+
+    def describe(self) -> str:
+        return f"{self.mode} d{self.dim}"
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+
+class NoiseSampler:
+    """Noise words drawn from counts ** exponent by binary search in the cumulative table (as gensim)."""
+
+    def __init__(self, counts: np.ndarray, exponent: float, device: torch.device) -> None:
+        weights = counts.astype(np.float64) ** exponent
+        # integer table on a 2^31 scale: exact, and the same on every device
+        cumulative = np.round(np.cumsum(weights) / weights.sum() * (2**31 - 1)).astype(np.int64)
+        self.table = torch.from_numpy(cumulative).to(device)
+
+    def sample(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        draws = torch.randint(0, int(self.table[-1]), shape, generator=gen, device=self.table.device)
+        return torch.searchsorted(self.table, draws, right=True).clamp_(max=len(self.table) - 1)
+
+
+def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
+    """Probability of keeping each word under frequent-word subsampling (word2vec's formula)."""
+    if sample <= 0:
+        return np.ones(len(counts), np.float32)
+    threshold = sample * counts.sum()
+    keep = (np.sqrt(counts / threshold) + 1) * threshold / np.maximum(counts, 1)
+    return np.minimum(keep, 1.0).astype(np.float32)
+
+
+@dataclass
+class Windows:
+    """The kept tokens of a chunk and their (center, context) pairs."""
+
+    tokens: torch.Tensor  # (n,) word ids after subsampling
+    centers: torch.Tensor  # (C,) positions in tokens of the centers that have a context
+    pair_center: torch.Tensor  # (P,) index into centers of each pair
+    pair_context: torch.Tensor  # (P,) word id of each pair's context
+
+
+def make_windows(
+    tokens: torch.Tensor,
+    sentences: torch.Tensor,
+    keep: torch.Tensor,
+    window: int,
+    gen: torch.Generator,
+) -> Windows:
+    """Subsample a chunk and draw each center's window (1..window) inside its sentence."""
+    device = tokens.device
+    kept = torch.rand(len(tokens), generator=gen, device=device) < keep[tokens]
+    tokens, sentences = tokens[kept], sentences[kept]
+    n = len(tokens)
+    reach = torch.randint(1, window + 1, (n,), generator=gen, device=device)
+    offsets = torch.cat([torch.arange(-window, 0, device=device), torch.arange(1, window + 1, device=device)])
+    positions = torch.arange(n, device=device)[:, None] + offsets[None, :]  # (n, 2 window)
+    inside = (positions >= 0) & (positions < n) & (offsets.abs()[None, :] <= reach[:, None])
+    positions = positions.clamp_(0, max(n - 1, 0))
+    inside &= sentences[positions] == sentences[:, None]
+    center_position, slot = inside.nonzero(as_tuple=True)  # row-major: centers ascending
+    centers, pair_center = torch.unique_consecutive(center_position, return_inverse=True)
+    return Windows(tokens, centers, pair_center, tokens[positions[center_position, slot]])
+
+
+# --- the network ---------------------------------------------------------------------------------
+
+
+class NegativeSampling:
+    """Input and output matrices and the two SGNS steps, with explicit sparse SGD updates."""
+
+    def __init__(self, rows: int, words: int, dim: int, device: torch.device, seed: int) -> None:
+        gen = generator(torch.device("cpu"), seed, 0)
+        # as word2vec: inputs uniform in (-0.5/dim, 0.5/dim), outputs zero
+        self.input = ((torch.rand(rows, dim, generator=gen) - 0.5) / dim).to(device)
+        self.output = torch.zeros(words, dim, device=device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"input": self.input, "output": self.output}
+
+    def load(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.input.copy_(tensors["input"])
+        self.output.copy_(tensors["output"])
+
+    # the input side; fastText overrides these two to read and update a word's n-gram rows
+    def gather_inputs(self, words: torch.Tensor) -> torch.Tensor:
+        return self.input.index_select(0, words)
+
+    def scatter_inputs(self, words: torch.Tensor, grads: torch.Tensor) -> None:
+        self.input.index_add_(0, words, grads)
+
+    def skipgram_step(
+        self, w: Windows, noise: NoiseSampler, negative: int, lr: float, gen: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        """Each center predicts each of its contexts, against ``negative`` noise words drawn per pair."""
+        center_words = w.tokens[w.centers]  # (C,)
+        pairs = len(w.pair_context)
+        u = self.gather_inputs(center_words)  # (C, d)
+        u_pairs = u.index_select(0, w.pair_center)  # (P, d)
+        v_pos = self.output.index_select(0, w.pair_context)  # (P, d)
+        noise_words = noise.sample((pairs, negative), gen)  # (P, K)
+        v_neg = self.output.index_select(0, noise_words.reshape(-1)).view(pairs, negative, -1)  # (P, K, d)
+
+        score_pos = (u_pairs * v_pos).sum(1)  # (P,)
+        score_neg = torch.bmm(v_neg, u_pairs.unsqueeze(2)).squeeze(2)  # (P, K)
+        # a noise word that is the pair's context itself is skipped, as word2vec does
+        not_target = (noise_words != w.pair_context[:, None]).to(u.dtype)
+        loss = -(F.logsigmoid(score_pos).sum() + (F.logsigmoid(-score_neg) * not_target).sum())
+
+        # gradient of log sigmoid, times lr: (label - sigmoid(score)) * lr
+        g_pos = (1.0 - torch.sigmoid(score_pos)) * lr  # (P,)
+        g_neg = torch.sigmoid(score_neg).mul_(not_target).mul_(-lr)  # (P, K)
+
+        grad_pairs = v_pos * g_pos[:, None] + torch.bmm(g_neg.unsqueeze(1), v_neg).squeeze(1)  # (P, d)
+        grad_u = torch.zeros_like(u).index_add_(0, w.pair_center, grad_pairs)
+        self.output.index_add_(0, w.pair_context, u_pairs * g_pos[:, None])
+        self.output.index_add_(
+            0, noise_words.reshape(-1), (g_neg.unsqueeze(2) * u_pairs.unsqueeze(1)).flatten(0, 1)
+        )
+        self.scatter_inputs(center_words, grad_u)
+        return loss, pairs
+
+    def cbow_step(
+        self, w: Windows, noise: NoiseSampler, negative: int, lr: float, gen: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        """The mean of each center's contexts predicts the center, against ``negative`` noise words."""
+        count = len(w.centers)
+        contexts_per_center = torch.bincount(w.pair_center, minlength=count).to(self.input.dtype)
+        h = torch.zeros(count, self.input.shape[1], device=self.input.device)
+        h.index_add_(0, w.pair_center, self.input.index_select(0, w.pair_context))
+        h /= contexts_per_center[:, None]  # (C, d)
+        targets = w.tokens[w.centers]  # (C,)
+        noise_words = noise.sample((count, negative), gen)  # (C, K)
+        v_pos = self.output.index_select(0, targets)  # (C, d)
+        v_neg = self.output.index_select(0, noise_words.reshape(-1)).view(count, negative, -1)
+
+        score_pos = (h * v_pos).sum(1)
+        score_neg = torch.bmm(v_neg, h.unsqueeze(2)).squeeze(2)  # (C, K)
+        # a noise word that is the center itself is skipped, as word2vec does
+        not_target = (noise_words != targets[:, None]).to(h.dtype)
+        loss = -(F.logsigmoid(score_pos).sum() + (F.logsigmoid(-score_neg) * not_target).sum())
+
+        g_pos = (1.0 - torch.sigmoid(score_pos)) * lr
+        g_neg = torch.sigmoid(score_neg).mul_(not_target).mul_(-lr)
+        grad_h = v_pos * g_pos[:, None] + torch.bmm(g_neg.unsqueeze(1), v_neg).squeeze(1)
+        self.output.index_add_(0, targets, h * g_pos[:, None])
+        self.output.index_add_(
+            0, noise_words.reshape(-1), (g_neg.unsqueeze(2) * h.unsqueeze(1)).flatten(0, 1)
+        )
+        # every context gets the whole gradient of the mean (word2vec's and gensim's cbow_mean)
+        self.input.index_add_(0, w.pair_context, grad_h.index_select(0, w.pair_center))
+        return loss, count
+
+
+# --- the training loop ---------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkPlan:
+    """Every chunk of every shard, in order, with its retained words; the same in every process."""
+
+    shard: np.ndarray  # (chunks,) shard index
+    first: np.ndarray  # (chunks,) first sentence
+    stop: np.ndarray  # (chunks,) one past the last sentence
+    words: np.ndarray  # (chunks,) tokens in the pruned vocabulary
+
+    @classmethod
+    def build(cls, shards: TokenShards, remap: np.ndarray, batch_words: int) -> ChunkPlan:
+        # TODO: one pass over every shard before training; cache the plan in the run folder for dumps
+        # whose token shards take minutes to read
+        parts: list[tuple[np.ndarray, ...]] = []
+        for index in range(len(shards)):
+            ids, offsets = shards.read(index)
+            bounds = chunk_bounds(offsets, batch_words)
+            kept = np.concatenate([[0], np.cumsum(remap[ids] >= 0)])
+            words = kept[offsets[bounds[1:]]] - kept[offsets[bounds[:-1]]]
+            parts.append((np.full(len(words), index), bounds[:-1], bounds[1:], words))
+        if not parts:
+            return cls(*(np.zeros(0, np.int64) for _ in range(4)))
+        return cls(*(np.concatenate([p[k] for p in parts]).astype(np.int64) for k in range(4)))
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
+def load_chunk(
+    shards: TokenShards, plan: ChunkPlan, chunk: int, remap: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-vocabulary tokens of one chunk and the index of the sentence each belongs to."""
+    ids, offsets = shards.read(int(plan.shard[chunk]))
+    first, stop = int(plan.first[chunk]), int(plan.stop[chunk])
+    begin, end = int(offsets[first]), int(offsets[stop])
+    lengths = np.diff(offsets[first : stop + 1])
+    device = remap.device
+    tokens = remap[torch.tensor(ids[begin:end], dtype=torch.long, device=device)]
+    sentences = torch.repeat_interleave(
+        torch.arange(len(lengths), device=device), torch.from_numpy(lengths).to(device)
+    )
+    known = tokens >= 0
+    return tokens[known], sentences[known]
+
+
+def train_windows(
+    config: WindowConfig,
+    vocab: Vocabulary,
+    remap: np.ndarray,
+    shards: TokenShards,
+    net: NegativeSampling,
+    step: str,
+    ctx: TrainContext,
+    what: str,
+) -> dict[str, Any]:
+    """The loop word2vec and fastText share: chunks in order, epoch after epoch, resumable at any step."""
+    device, dist, options = ctx.device, ctx.dist, ctx.options
+    plan = ChunkPlan.build(shards, remap, config.batch_words)
+    if plan.words.sum() == 0:
+        raise ValueError(
+            f"no token of the shards is in the vocabulary (min_count={config.min_count}); lower min_count"
+        )
+    # each process takes a contiguous run of chunks (its own shards), all in step with each other
+    per_rank = math.ceil(len(plan) / dist.world_size)
+    mine = np.arange(dist.rank * per_rank, min(len(plan), (dist.rank + 1) * per_rank))
+    my_words = np.concatenate([[0], np.cumsum(plan.words[mine])])
+    total_steps = per_rank * config.epochs
+
+    noise = NoiseSampler(vocab.counts, config.ns_exponent, device)
+    keep = torch.from_numpy(keep_probabilities(vocab.counts, config.sample)).to(device)
+    remap_t = torch.from_numpy(remap).to(device)
+    run_step = net.skipgram_step if step == "skipgram" else net.cbow_step
+
+    first_step, state = 0, {"words": 0, "totals": {}, "history": []}
+    checkpoint = load_checkpoint(ctx.run, device)
+    if checkpoint is not None:
+        net.load(checkpoint.tensors)
+        first_step, state = checkpoint.step, checkpoint.state
+        ctx.logger.info(f"{what}: resuming at step {first_step:,} of {total_steps:,} from its checkpoint")
+    meter = Meter(
+        ctx.logger,
+        what,
+        unit="words",
+        total=int(my_words[-1]) * config.epochs,
+        every_s=options.log_every_s,
+        done=state["words"],
+        totals=state["totals"],
+        history=state["history"],
+    )
+    clock = CheckpointClock(options)
+    lr = config.lr
+
+    for step_index in range(first_step, total_steps):
+        epoch, position = divmod(step_index, per_rank)
+        if position < len(mine):
+            chunk = int(mine[position])
+            # linear decay over this process's words, as gensim decays over the corpus
+            progress = (epoch + my_words[position] / my_words[-1]) / config.epochs
+            lr = config.lr - (config.lr - config.min_lr) * progress
+            gen = generator(device, config.seed, epoch, chunk)
+            tokens, sentences = load_chunk(shards, plan, chunk, remap_t)
+            windows = make_windows(tokens, sentences, keep, config.window, gen)
+            loss, count = (
+                run_step(windows, noise, config.negative, lr, gen) if len(windows.centers) else (0.0, 0)
+            )
+            meter.update(int(plan.words[chunk]), loss, count, effective_words=len(windows.tokens))
+        if dist.is_main:
+            meter.maybe_log(epoch=epoch + 1, lr=lr)
+
+        epoch_end = position == per_rank - 1
+        if dist.world_size > 1 and (epoch_end or (position + 1) % config.sync_every == 0):
+            dist.average_(list(net.tensors().values()))
+        if checkpoint_due(clock, dist, step_index + 1, epoch_end):
+            if dist.is_main:
+                state = {"words": meter.done, "totals": meter.totals, "history": meter.history}
+                save_checkpoint(ctx.run, step_index + 1, net.tensors(), state, keep=options.keep_checkpoints)
+            dist.barrier()
+            clock.mark()
+            if clock.stop_requested(step_index + 1) and step_index + 1 < total_steps:
+                raise TrainingInterrupted(f"{what}: stopped after step {step_index + 1} as asked")
+
+    if dist.is_main:
+        meter.maybe_log(force=True, epoch=config.epochs, lr=lr)
+    seconds = meter.elapsed
+    return {
+        "steps": total_steps,
+        "epochs": config.epochs,
+        "vocabulary": len(vocab),
+        "words": int(my_words[-1]) * config.epochs * dist.world_size,
+        "seconds": round(seconds, 3),
+        # rates of this process's training, scaled by the processes (each trains on its share)
+        "words_per_s": round(meter.rate() * dist.world_size, 1),
+        "effective_words_per_s": round(meter.rate("effective_words") * dist.world_size, 1),
+        "final_loss": meter.history[-1]["loss"] if meter.history else None,
+        "history": meter.history,
+        "processes": dist.world_size,
+        "device": str(device),
+    }
+
+
+def checkpoint_due(clock: CheckpointClock, dist: Distributed, step: int, epoch_end: bool) -> bool:
+    """Whether to checkpoint after this step; under torchrun rank 0's clock decides for every process."""
+    due = clock.due(step, epoch_end)
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        flag = torch.tensor([float(due)], device=clock_device(dist))
+        torch_dist.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
+
+
+def clock_device(dist: Distributed) -> torch.device:
+    # NCCL broadcasts only tensors on the GPU
+    return torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def train(config: Word2VecConfig, assets: Mapping[str, Dataset], ctx: TrainContext) -> dict[str, Any]:
+    """Train word2vec on the token shards, export vectors.txt, and return the run's metrics."""
+    vocab, remap = Vocabulary.from_dataset(assets["tokens"]).prune(config.min_count)
+    if len(vocab) < 2:
+        raise ValueError(f"only {len(vocab)} words are seen {config.min_count}+ times; lower min_count")
+    shards = TokenShards(assets["tokens"])
+    net = NegativeSampling(len(vocab), len(vocab), config.dim, ctx.device, config.seed)
+    metrics = train_windows(config, vocab, remap, shards, net, config.mode, ctx, f"word2vec {config.mode}")
+    if ctx.dist.is_main:
+        export_word_vectors(ctx.run, vocab.tokens, net.input)
+        clear_checkpoints(ctx.run, keep_last=ctx.options.keep_final_checkpoint)
+    return metrics
+
+
+def load(run: Dataset):
+    return load_embedding(run)
+
+
+SPEC = registry.ModelSpec(
+    name="word2vec",
+    family="static",
+    summary="word2vec CBOW or skip-gram with negative sampling (--set mode=cbow|skipgram)",
+    config=Word2VecConfig,
+    needs=(registry.TOKENS,),
+    train=train,
+    load=load,
+    evaluations=("word",),
+    distributed=True,
+)

@@ -1,0 +1,142 @@
+"""The word models: they learn on real text, export what gensim loads, find planted pairs, and resume."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+from models import registry
+from models.base import ConfigError, RunOptions, TrainContext, TrainingInterrupted, checkpoint_steps
+from storage import Store
+from tests.models.text_assets import gloss_sentences, write_text_assets
+
+TRAINED = {
+    "word2vec skipgram": ("word2vec", {"mode": "skipgram", "epochs": "2", "min_count": "3", "dim": "32"}),
+    "word2vec cbow": ("word2vec", {"mode": "cbow", "epochs": "2", "min_count": "3", "dim": "32"}),
+    "fasttext": ("fasttext", {"epochs": "2", "min_count": "3", "dim": "32", "bucket": "20000"}),
+    "glove": ("glove", {"epochs": "4", "min_count": "3", "dim": "32"}),
+}
+
+
+@pytest.fixture(scope="module")
+def glosses(tmp_path_factory, shared_data):
+    """Token shards, vocabulary and co-occurrence of 8,000 WordNet glosses (about 90,000 words)."""
+    store = Store(tmp_path_factory.mktemp("glosses") / "store")
+    names = write_text_assets(store, "glosses", gloss_sentences(shared_data, limit=8_000), shards=2)
+    return store, names
+
+
+def train_run(store, names, model, overrides, run_name, **options):
+    spec = registry.get(model)
+    run = store.dataset(f"runs/{run_name}")
+    context = TrainContext.create(run, RunOptions(device="cpu", threads=1, **options))
+    config = spec.config.from_overrides(overrides).resolved(context.device)
+    assets = {need.name: store.dataset(names[need.name]) for need in spec.needs}
+    return spec.train(config, assets, context), run
+
+
+@pytest.mark.parametrize("case", sorted(TRAINED))
+def test_loss_falls_and_gensim_loads_the_vectors(glosses, case):
+    store, names = glosses
+    model, overrides = TRAINED[case]
+    metrics, run = train_run(store, names, model, overrides, case.replace(" ", "-"), log_every_s=0.0)
+    losses = [point["loss"] for point in metrics["history"] if np.isfinite(point["loss"])]
+    assert len(losses) >= 4
+    early, late = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert late < 0.9 * early, f"{case}: loss {early:.4f} -> {late:.4f}"
+
+    vectors = KeyedVectors.load_word2vec_format(run.file("vectors.txt"))
+    embedding = registry.get(model).load(run)
+    assert vectors.index_to_key == embedding.words
+    np.testing.assert_allclose(vectors.vectors, embedding.vectors, rtol=1e-5, atol=1e-6)
+    assert vectors.vector_size == 32
+    assert checkpoint_steps(run) == []  # removed once exported
+
+
+def planted_pairs_corpus(seed: int = 0) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """Four pairs of words; the two words of a pair appear in the same contexts, other pairs never do."""
+    rng = random.Random(seed)
+    pairs = [("cat", "dog"), ("car", "truck"), ("apple", "pear"), ("red", "blue")]
+    contexts = {pair: [f"c{k}w{j}" for j in range(8)] for k, pair in enumerate(pairs)}
+    sentences = []
+    for _ in range(6_000):
+        pair = rng.choice(pairs)
+        words = rng.sample(contexts[pair], rng.randint(3, 6))
+        words.insert(rng.randint(0, len(words)), rng.choice(pair))
+        sentences.append(words)
+    return sentences, pairs
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("planted") / "store")
+    sentences, pairs = planted_pairs_corpus()
+    return store, write_text_assets(store, "planted", sentences, shards=1, window=5), pairs
+
+
+@pytest.mark.parametrize("case", sorted(TRAINED))
+def test_each_model_puts_the_planted_pairs_closest(planted, case):
+    store, names, pairs = planted
+    model, overrides = TRAINED[case]
+    overrides = overrides | {"min_count": "1", "epochs": "5" if model != "glove" else "30", "window": "5"}
+    if model == "glove":
+        overrides.pop("window")
+    if model == "fasttext":
+        # the planted words share no n-grams with their partners: their own rows must carry them
+        overrides |= {"minn": "3", "maxn": "3"}
+    _, run = train_run(store, names, model, overrides, f"planted-{case.replace(' ', '-')}")
+    embedding = registry.get(model).load(run)
+    words = [w for pair in pairs for w in pair]
+    units, found = embedding.unit_words(words)
+    assert found.all()
+    cosines = units @ units.T
+    np.fill_diagonal(cosines, -2)
+    for k, word in enumerate(words):
+        partner = words[k ^ 1]
+        assert words[int(np.argmax(cosines[k]))] == partner, (
+            f"{case}: {word} is nearest to {words[int(np.argmax(cosines[k]))]}"
+        )
+
+
+@pytest.mark.parametrize(
+    "model, overrides", [TRAINED["word2vec skipgram"], TRAINED["fasttext"], TRAINED["glove"]]
+)
+def test_resume_after_a_kill_gives_the_uninterrupted_result(glosses, model, overrides):
+    store, names = glosses
+    overrides = overrides | {"epochs": "2"}
+    _, whole = train_run(store, names, model, overrides, f"{model}-whole")
+
+    with pytest.raises(TrainingInterrupted):
+        train_run(store, names, model, overrides, f"{model}-resumed", stop_after_steps=7, keep_checkpoints=1)
+    assert checkpoint_steps(store.dataset(f"runs/{model}-resumed")) == [7]
+    _, resumed = train_run(store, names, model, overrides, f"{model}-resumed")
+
+    expected = registry.get(model).load(whole).vectors
+    np.testing.assert_array_equal(registry.get(model).load(resumed).vectors, expected)
+
+
+def test_onehot_and_phoc_export_the_vocabulary(glosses):
+    store, names = glosses
+    _, run = train_run(store, names, "onehot", {"max_words": "50"}, "onehot")
+    onehot = KeyedVectors.load_word2vec_format(run.file("vectors.txt"))
+    np.testing.assert_array_equal(onehot.vectors, np.eye(50, dtype=np.float32))
+
+    _, run = train_run(store, names, "phoc", {"min_count": "3"}, "phoc")
+    phoc = registry.get("phoc").load(run)
+    assert phoc.dim == 604
+    vectors, ok = phoc.build_unseen(["unseenword"])
+    assert ok[0] and vectors[0].sum() > 0
+
+
+def test_settings_are_checked_by_name():
+    config = registry.get("word2vec").config
+    with pytest.raises(ConfigError, match="window must be between 1 and 100, got 0"):
+        config.from_overrides({"window": "0"})
+    with pytest.raises(ConfigError, match="no setting 'windows'"):
+        config.from_overrides({"windows": "5"})
+    with pytest.raises(ConfigError, match="mode"):
+        config.from_overrides({"mode": "skip-gram"})
+    assert config.from_overrides({"mode": "cbow", "sample": "1e-4", "dim": "1e2"}).dim == 100
