@@ -11,6 +11,7 @@ Each path prefix misbehaves in one way; ``/photos/NAME`` is the well-behaved one
     /otherbot/NAME    X-Robots-Tag for another bot     /private/NAME    disallowed by robots.txt
     /moved/NAME       301 to /photos/NAME              /to-private/NAME 302 to 127.0.0.2 (refused)
     /to-metadata/N    302 to 169.254.169.254           /to-localhost/N  302 to localhost on port 9
+    /hold/NAME        the photo after 0.3 s, counting how many requests are in flight at once
 
 The tests load this file by path (tests/ is not a package), so it imports nothing from them.
 """
@@ -61,7 +62,8 @@ def noise_png(side: int = 1600) -> bytes:
 class ImageServer:
     """The server, running in a thread with its own event loop; ``url(path)`` gives full URLs."""
 
-    def __init__(self, photos: Path, robots: str = "User-agent: *\nDisallow: /private/\n") -> None:
+    def __init__(self, photos: Path, robots: str | int = "User-agent: *\nDisallow: /private/\n") -> None:
+        """``robots`` is the text of /robots.txt, or the HTTP status it answers with instead."""
         self.photos = {p.name: p.read_bytes() for p in sorted((photos / "images").glob("*.jpg"))}
         self.captions = {}
         for line in (photos / "captions.jsonl").read_text().splitlines():
@@ -71,6 +73,8 @@ class ImageServer:
         self.hits: Counter[str] = Counter()
         self.times: dict[str, list[float]] = defaultdict(list)
         self.user_agents: set[str] = set()
+        self.in_flight = 0
+        self.most_in_flight = 0
         self._huge = noise_png()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -93,6 +97,14 @@ class ImageServer:
         first = self.hits[path] == 1
         jpeg = "image/jpeg"
         if kind in ("photos", "mirror", "private"):
+            return web.Response(body=self._photo(request), content_type=jpeg)
+        if kind == "hold":
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(0.3)
+            finally:
+                self.in_flight -= 1
             return web.Response(body=self._photo(request), content_type=jpeg)
         if kind == "missing":
             return web.Response(status=404, text="no such image")
@@ -145,6 +157,8 @@ class ImageServer:
 
     async def robots_txt(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
+        if isinstance(self.robots, int):
+            return web.Response(status=self.robots, text="no robots.txt here")
         return web.Response(text=self.robots)
 
     # lifecycle
@@ -188,3 +202,4 @@ class ImageServer:
     def reset(self) -> None:
         self.hits.clear()
         self.times.clear()
+        self.most_in_flight = 0

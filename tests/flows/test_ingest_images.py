@@ -336,3 +336,54 @@ def test_without_permission_loopback_is_refused(prefect_server, server, store, t
     name = run_flow(urls, store, server, allow_private_addresses=False)
     assert store.dataset(name).manifest().counts == {"rows_in": 1, "blocked_address": 1}
     assert sum(server.hits.values()) == 0
+
+
+def _photo_table(path: Path, server, count: int) -> None:
+    names = sorted(server.photos)[:count]
+    pq.write_table(pa.table({"url": [server.url(f"/photos/{n}") for n in names], "caption": names}), path)
+
+
+def test_partitions_in_worker_processes(prefect_server, server, store, tmp_path):
+    from flows.cli import main
+
+    _photo_table(tmp_path / "procs.parquet", server, 12)
+    code = main([
+        "ingest-images", str(tmp_path / "procs.parquet"), "--store", store.url, "--processes", "2",
+        "--samples-per-shard", "5", "--partition-rows", "4", "--allow-private-addresses", server.allow[0],
+    ])  # fmt: skip
+    assert code == 0
+    dataset = store.dataset("images/procs")
+    assert dataset.manifest().counts == {"rows_in": 12, "written": 12}
+    assert [s["samples"] for s in shard_files(dataset)] == [5, 5, 2]
+    assert [s["__key__"] for s in iter_samples(dataset)] == [f"{n:09d}" for n in range(12)]
+
+
+def test_partitions_on_a_dask_cluster(prefect_server, server, store, tmp_path):
+    from distributed import LocalCluster
+
+    from flows.ingest_images import ingest_images, task_runner_for
+
+    _photo_table(tmp_path / "dask.parquet", server, 8)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        name = ingest_images.with_options(task_runner=task_runner_for(1, cluster.scheduler_address))(
+            source=str(tmp_path / "dask.parquet"),
+            store=store.url,
+            samples_per_shard=3,
+            partition_rows=3,
+            allow_private_addresses=server.allow,
+        )
+    dataset = store.dataset(name)
+    assert dataset.manifest().counts == {"rows_in": 8, "written": 8}
+    assert [s["__key__"] for s in iter_samples(dataset)] == [f"{n:09d}" for n in range(8)]
+
+
+def test_bad_arguments_exit_with_a_message_naming_the_fix(prefect_server, store, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["ingest-images", str(tmp_path / "nothing.csv"), "--store", store.url]) == 2
+    assert "neither a file, a folder, nor a finished dataset" in capsys.readouterr().err
+    (tmp_path / "x.csv").write_text("url,caption\nhttp://example.org/a.jpg,a\n")
+    assert (
+        main(["ingest-images", str(tmp_path / "x.csv"), "--store", store.url, "--encode-quality", "0"]) == 2
+    )
+    assert "encode_quality must be between 1 and 100" in capsys.readouterr().err
