@@ -21,9 +21,10 @@ token shards' sentences, computed by the same function for both models.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
-import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,11 +44,49 @@ GLOSSES = DATA / "text_corpora" / "wordnet30_glosses" / "wordnet30-glosses.txt.b
 GLOVE = {"tokens": 2.07e6, "seconds": 2.7, "tokens_per_second": 0.8e6, "peak_mb": 546, "pairs": 6.18e6}
 
 
-def peak_mb() -> float:
-    """The largest resident set of this process and of its finished children, in MB (Linux: KB units)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+def _status_mb(field: str, pid: str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakMemory:
+    """Peak resident memory of this process (VmHWM, exact) and, with workers, of it plus its children.
+
+    Children are sampled every 50 ms, so a shorter spike of theirs can be missed. (ru_maxrss will not
+    do: a spawned process inherits its parent's high-water mark across exec.)
+    """
+
+    def __init__(self, children: bool, every_s: float = 0.05) -> None:
+        self.children, self.every_s = children, every_s
+        self.base_mb = _status_mb("VmRSS")
+        self.peak_mb = self.base_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.every_s):
+            total = _status_mb("VmRSS")
+            for child in me.children():
+                with contextlib.suppress(psutil.Error, OSError):
+                    total += _status_mb("VmRSS", str(child.pid))
+            self.peak_mb = max(self.peak_mb, total)
+
+    def __enter__(self) -> PeakMemory:
+        if self.children:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.children:
+            self._stop.set()
+            self._thread.join()
+        self.peak_mb = max(self.peak_mb, _status_mb("VmHWM"))
 
 
 def prepare(store_url: str) -> tuple[str, dict]:
@@ -75,19 +114,23 @@ def prepare(store_url: str) -> tuple[str, dict]:
     return tokens.name, figures
 
 
-def _count(store_url: str, tokens_name: str, out: str, memory_mb: int, workers: int, queue) -> None:
+def _count(
+    store_url: str, tokens_name: str, out: str, memory_mb: int, workers: int, tokens_per_task: int, queue
+) -> None:
     """One co-occurrence run in a fresh process; reports its figures and peak memory."""
     from storage import Store
     from tasks import cooccurrence as co
 
     store = Store(store_url)
     tokens, dataset = store.dataset(tokens_name), store.dataset(out)
-    options = co.CooccurrenceOptions(memory_mb=memory_mb, tokens_per_task=1_000_000)
-    baseline = peak_mb()  # the interpreter with numpy, pyarrow and prefect imported
-    started = time.perf_counter()
-    summary = co.count_in_process(dataset, tokens, options, workers=workers)
-    seconds = time.perf_counter() - started
-    peak = peak_mb()
+    options = co.CooccurrenceOptions(memory_mb=memory_mb, tokens_per_task=tokens_per_task)
+    with PeakMemory(
+        children=workers > 1
+    ) as memory:  # its base: the interpreter with numpy, pyarrow and prefect imported
+        started = time.perf_counter()
+        summary = co.count_in_process(dataset, tokens, options, workers=workers)
+        seconds = time.perf_counter() - started
+    peak, baseline = memory.peak_mb, memory.base_mb
     table = dataset.read_table("cooccurrence")
     checksum = float(table["x"].to_numpy().astype("float64").sum())
     queue.put(
@@ -101,11 +144,15 @@ def _count(store_url: str, tokens_name: str, out: str, memory_mb: int, workers: 
     )
 
 
-def count_cooccurrence(store_url: str, tokens_name: str, memory_mb: int, workers: int) -> dict:
+def count_cooccurrence(
+    store_url: str, tokens_name: str, memory_mb: int, workers: int, tokens_per_task: int
+) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     out = f"text/bench-en/cooccurrence-bench-{memory_mb}mb-{workers}w-{time.time_ns()}"
-    process = context.Process(target=_count, args=(store_url, tokens_name, out, memory_mb, workers, queue))
+    process = context.Process(
+        target=_count, args=(store_url, tokens_name, out, memory_mb, workers, tokens_per_task, queue)
+    )
     process.start()
     result = queue.get()
     process.join()
@@ -162,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="where the bench's datasets go (default: a temporary folder)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="co-occurrence processes")
     parser.add_argument("--small-memory-mb", type=int, default=16, help="the out-of-core run's budget")
+    parser.add_argument(
+        "--tokens-per-task",
+        type=int,
+        default=250_000,
+        help="co-occurrence counting unit (the flow's default: 1M)",
+    )
+    parser.add_argument("--skip-lda", action="store_true")
     parser.add_argument("--topics", type=int, default=50)
     parser.add_argument("--passes", type=int, default=1)
     args = parser.parse_args(argv)
@@ -189,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(
             (
                 f"embedpipe, {workers} process(es), 1024 MB",
-                count_cooccurrence(store_url, tokens_name, 1024, workers),
+                count_cooccurrence(store_url, tokens_name, 1024, workers, args.tokens_per_task),
             )
         )
     small = args.small_memory_mb
-    runs.append((f"embedpipe, 1 process, {small} MB", count_cooccurrence(store_url, tokens_name, small, 1)))
+    runs.append(
+        (
+            f"embedpipe, 1 process, {small} MB",
+            count_cooccurrence(store_url, tokens_name, small, 1, args.tokens_per_task),
+        )
+    )
     for label, r in runs:
         rate = r["tokens"] / r["seconds"]
         print(
@@ -206,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio ours/GloVe tokens/s, {label}: {rate / glove['tokens_per_second']:.2f}x")
     same = len({(r["pairs"], round(r["checksum"], 3)) for _, r in runs}) == 1
     print(f"every run gave the same rows (pairs and sum of x): {same}")
-    print("peak MB: the run's process (or its largest worker); (base): the same process before counting")
+    print("peak MB: the run's process, plus its workers sampled every 50 ms; (base): before counting")
 
+    if args.skip_lda:
+        return 0
     print("\n== LDA")
     results = lda(store_url, tokens_name, args.topics, args.passes)
     print(f"{'engine':<40} {'seconds':>8} {'documents/s':>12} {'NPMI':>8}")
