@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import posixpath
 import time
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow
@@ -48,7 +47,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
-from storage import Dataset, Recipe, Store, code_version
+from storage import Dataset, Store
 from tasks import cooccurrence as co
 from tasks import corpus as cp
 from tasks import subword as sw
@@ -194,6 +193,36 @@ def build_text_assets(
     made: dict[str, Any] = {"tokenizers": {}}
     base = f"text/{name}"
 
+    # every option is checked before any work starts
+    if unknown := set(tokenizers or ()) - set(sw.KINDS):
+        raise InputError(f"unknown tokenizer(s) {sorted(unknown)}; choose from {', '.join(sw.KINDS)}")
+    sizes = {"wordpiece": wordpiece_vocab_size, "bpe": bpe_vocab_size, "unigram": unigram_vocab_size}
+    subword_options = [
+        sw.SubwordOptions(
+            kind,
+            sizes[kind],
+            lowercase=lowercase,
+            max_sentences=tokenizer_max_sentences,
+            extra_ids=t5_extra_ids,
+        )
+        for kind in tokenizers or sw.KINDS
+    ]
+    cooccurrence_options = co.CooccurrenceOptions(
+        window, weighting, symmetric, partitions, memory_mb, tokens_per_task
+    )
+    topic_options = tp.TopicOptions(
+        topics=topics,
+        passes=lda_passes,
+        engine=lda_engine,
+        stop_words=stop_words,
+        drop_most_frequent=drop_most_frequent,
+        no_below=no_below,
+        no_above=no_above,
+        keep_n=keep_n,
+        seed=seed,
+        workers=lda_workers,
+    )
+
     # corpus: mapped over input files
     started = time.perf_counter()
     corpus_options = cp.CorpusOptions(normalization, lowercase, text_documents, shard_sentences)
@@ -278,7 +307,7 @@ def build_text_assets(
 
     if "cooccurrence" in wanted:
         started = time.perf_counter()
-        options = co.CooccurrenceOptions(window, weighting, symmetric, partitions, memory_mb, tokens_per_task)
+        options = cooccurrence_options
         cooccurrence = store_.dataset(f"{base}/cooccurrence")
         recipe = co.cooccurrence_recipe(tokens, options)
         found = cooccurrence.is_current(recipe)
@@ -327,25 +356,11 @@ def build_text_assets(
             made["shown"] = _show_pairs(cooccurrence, show_words)
 
     if "tokenizers" in wanted:
-        sizes = {"wordpiece": wordpiece_vocab_size, "bpe": bpe_vocab_size, "unigram": unigram_vocab_size}
-        for kind in tokenizers or sw.KINDS:
+        for options in subword_options:
             started = time.perf_counter()
-            if kind not in sizes:
-                raise InputError(f"unknown tokenizer {kind!r}; choose from {', '.join(sw.KINDS)}")
-            options = sw.SubwordOptions(
-                kind,
-                sizes[kind],
-                lowercase=lowercase,
-                max_sentences=tokenizer_max_sentences,
-                extra_ids=t5_extra_ids,
-            )
+            kind = options.kind
             tokenizer = store_.dataset(f"{base}/tokenizers/{kind}")
-            recipe = Recipe(
-                sw.KIND,
-                {corpus.name: corpus.manifest().fingerprint},
-                asdict(options),
-                code_version("tasks.subword"),
-            )
+            recipe = sw.tokenizer_recipe(corpus, options)
             found = tokenizer.is_current(recipe)
             summary = _call(
                 sw.train_tokenizer, dataset=tokenizer, recipe=recipe, corpus=corpus, options=options
@@ -362,18 +377,7 @@ def build_text_assets(
 
     if "topics" in wanted:
         started = time.perf_counter()
-        options = tp.TopicOptions(
-            topics=topics,
-            passes=lda_passes,
-            engine=lda_engine,
-            stop_words=stop_words,
-            drop_most_frequent=drop_most_frequent,
-            no_below=no_below,
-            no_above=no_above,
-            keep_n=keep_n,
-            seed=seed,
-            workers=lda_workers,
-        )
+        options = topic_options
         topic_set = store_.dataset(f"{base}/topics")
         recipe = tp.topics_recipe(corpus, tokens, options)
         found = topic_set.is_current(recipe)

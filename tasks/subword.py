@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from storage import Dataset, Manifest, Recipe
+from storage import Dataset, Manifest, Recipe, code_version
 from tasks.common import STORE_CACHE, InputError, run_logger
 from tasks.corpus import summary
 
@@ -242,6 +242,12 @@ def train_tokenizer(
         metrics["tokens_per_word"],
     )
     return summary(dataset)
+
+
+def tokenizer_recipe(corpus: Dataset, options: SubwordOptions) -> Recipe:
+    return Recipe(
+        KIND, {corpus.name: corpus.manifest().fingerprint}, asdict(options), code_version("tasks.subword")
+    )
 
 
 def load_tokenizer(dataset: Dataset):

@@ -147,9 +147,18 @@ def test_cli_on_an_ingested_dump(prefect_server, store, shared_data, capsys):
     assert store.dataset("text/enwiki-sample/corpus").manifest().counts["documents"] == 106
 
 
-def test_bad_input_is_refused_before_any_work(store):
+def test_bad_input_is_refused_before_any_work(store, inputs):
     with pytest.raises(InputError, match="unknown step"):
-        build_text_assets.fn(["x.txt"], store=store.url, steps=["parse"])
+        build_text_assets.fn(inputs, store=store.url, steps=["parse"])
+    with pytest.raises(InputError, match="unknown tokenizer"):
+        build_text_assets.fn(inputs, store=store.url, tokenizers=["sentencepiece"])
+    with pytest.raises(InputError, match="window must be >= 1"):
+        build_text_assets.fn(inputs, store=store.url, window=0)
+    with pytest.raises(InputError, match="bpe vocab_size must be >= 300"):
+        build_text_assets.fn(inputs, store=store.url, bpe_vocab_size=10)
+    with pytest.raises(InputError, match="engine must be one of"):
+        build_text_assets.fn(inputs, store=store.url, lda_engine="mallet")
+    assert not store.datasets("text")
 
 
 def test_default_names():
@@ -172,7 +181,9 @@ def test_mapped_steps_on_worker_processes_and_dask(prefect_server, store, inputs
     else:
         from prefect_dask import DaskTaskRunner
 
-        task_runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+        task_runner = DaskTaskRunner(
+            cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}
+        )
     flow = build_text_assets.with_options(task_runner=task_runner)
     pooled = flow(inputs, store=store.url, name=runner, steps=["cooccurrence"], **SMALL)
 
