@@ -11,7 +11,13 @@ run: input rows / wall time of the flow call for embedpipe (its Prefect API alre
 `make server` or a deployment), of the whole `img2dataset` command for img2dataset.
 
 img2dataset 1.47.0 pins libraries older than ours, so it gets a venv of its own,
-bench/.venv-img2dataset, made on first use (needs python3.11 and PyPI).
+bench/.venv-img2dataset (git ignores it), made on first use; by hand it is
+
+    python3.11 -m venv bench/.venv-img2dataset
+    bench/.venv-img2dataset/bin/pip install img2dataset==1.47.0
+
+Measured 2026-12-03 on 2 shared cores with the defaults: img2dataset 118.5 images/s, embedpipe
+166.5 images/s (ratio 1.41); both wrote all 2,000 images.
 """
 
 from __future__ import annotations
