@@ -1,0 +1,99 @@
+"""The train and evaluate flows end to end, the neighbours command, and the gpu concurrency limit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from flows.evaluate import evaluate, nearest_words
+from flows.train import GPU_TAG, find_assets, setup_gpu_limit, train
+from models import registry
+from tasks.common import InputError
+from tests.models.text_assets import gloss_sentences, write_text_assets
+
+
+@pytest.fixture
+def glosses(store, shared_data):
+    write_text_assets(store, "glosses", gloss_sentences(shared_data, limit=6_000), shards=2)
+    return store
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_then_neighbours(prefect_server, glosses, capsys):
+    store = glosses
+    run = train(model="word2vec", store=store.url, overrides={"epochs": "1", "dim": "24", "min_count": "2"})
+    assert run.startswith("runs/word2vec-")
+    manifest = store.dataset(run).manifest()
+    assert manifest.kind == "run/word2vec"
+    assert manifest.metrics["words"] > 50_000 and manifest.metrics["words_per_s"] > 0
+    assert store.dataset(run).read_json("config.json")["config"]["dim"] == 24
+
+    # the same settings on the same assets: nothing to do, the same run
+    assert (
+        train(model="word2vec", store=store.url, overrides={"epochs": "1", "dim": "24", "min_count": "2"})
+        == run
+    )
+    assert store.dataset(run).manifest().created == manifest.created
+
+    phoc = train(model="phoc", store=store.url, overrides={"min_count": "2"})
+    board = evaluate(runs=[run, phoc], store=store.url)
+    assert {row["run"] for row in board} == {run.removeprefix("runs/"), phoc.removeprefix("runs/")}
+    for row in board:
+        assert row["analogy_answered"].endswith("/19544")
+        assert {"wordsim353", "simlex999", "EN-RW-STANFORD"} <= set(row)
+    phoc_row = next(r for r in board if r["run"] == phoc.removeprefix("runs/"))
+    assert phoc_row["EN-RW-STANFORD_answered"] == "2034/2034"  # PHOC builds every unseen word
+
+    results = store.dataset(f"evaluations/{run.removeprefix('runs/')}")
+    analogies = pq.read_table(results.file("analogies.parquet")).to_pylist()
+    assert analogies[-1]["section"] == "total" and len(analogies) == 15
+    assert sorted(p.rsplit("/", 1)[-1] for p in results.files("plots/*.png")) == [
+        "analogy.png",
+        "neighbours.png",
+        "projection.png",
+    ]
+    assert "leaderboard" not in capsys.readouterr().err
+
+    near = nearest_words(store.url, run, ["water", "notaword"], count=5)
+    assert len(near["water"]) == 5 and "water" not in [w for w, _ in near["water"]]
+    assert near["notaword"] == []
+    assert main(["neighbours", run, "water", "--store", store.url, "--count", "3"]) == 0
+    assert capsys.readouterr().out.startswith("water: ")
+
+
+def test_missing_assets_name_the_step_that_makes_them(store):
+    with pytest.raises(InputError, match="embedpipe build-text-assets"):
+        find_assets(store, registry.get("glove"))
+
+
+def test_several_text_assets_need_a_choice(store):
+    sentences = [["a", "b", "c"], ["b", "c", "d"]]
+    write_text_assets(store, "one", sentences, shards=1)
+    write_text_assets(store, "two", sentences, shards=1)
+    with pytest.raises(InputError, match="--text NAME"):
+        find_assets(store, registry.get("word2vec"))
+    assert (
+        find_assets(store, registry.get("glove"), text="two")["cooccurrence"].name == "text/two/cooccurrence"
+    )
+
+
+def test_bad_settings_fail_before_training(store, capsys):
+    assert main(["train", "word2vec", "--store", store.url, "--set", "window"]) == 2
+    assert "--set takes key=value" in capsys.readouterr().err
+
+
+def test_setup_gpu_limit_creates_the_limit(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    setup_gpu_limit(3)
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_concurrency_limit_by_tag(GPU_TAG)
+
+    assert asyncio.run(read()).concurrency_limit == 3
+    with pytest.raises(InputError, match=">= 1"):
+        setup_gpu_limit(0)
