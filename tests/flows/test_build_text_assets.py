@@ -192,3 +192,23 @@ def test_mapped_steps_on_worker_processes_and_dask(prefect_server, store, inputs
         return sorted(zip(*(table[c].to_pylist() for c in "ijx"), strict=True))
 
     assert rows(alone) == rows(pooled)
+
+
+@pytest.mark.slow
+def test_latgalian_wikipedia(prefect_server, store, shared_data):
+    """The Latgalian sample dump, ingested, then split into words that keep their letters."""
+    import regex
+
+    from flows.ingest_wikipedia import ingest_wikipedia
+
+    dump = shared_data / "wikipedia_xml" / "dumpster-dive-ltgwiki-smallwiki-pages-articles.xml.bz2"
+    articles = ingest_wikipedia(source=str(dump), store=store.url, name="ltgwiki-sample")
+    made = build_text_assets([articles], store=store.url, steps=["tokens"], min_count=2)
+    corpus = store.dataset(made["corpus"]).manifest()
+    assert corpus.counts["documents"] == store.dataset(articles).manifest().tables["articles"]["rows"]
+    words = store.dataset(made["vocabulary"]).read_table("vocabulary")["token"].to_pylist()
+    # Latgalian's common words, with its long vowels and soft consonants, are in the vocabulary whole
+    assert {"i", "ir", "nu", "latgolys", "volūda"} <= set(words)
+    marked = [w for w in words if regex.search(r"[āēīōūļņķģšžč]", w)]
+    assert len(marked) > 0.2 * len(words)
+    assert all(regex.fullmatch(r"[\p{L}\p{M}\p{N}'·.,\-]+", w) for w in words)
