@@ -17,15 +17,17 @@ the first occurrence, and takes that row's outcome when shards are planned.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import Dataset, Store, file_fingerprint
 from storage.manifest import digest
 from tasks.common import InputError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 WIKIPEDIA_KIND = "wikipedia-articles"
 TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -115,6 +117,8 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
 
 def read_table_pairs(path: Path, kind: str, url_col: str | None, caption_col: str | None) -> pl.DataFrame:
     """url, caption, page_id (null unless the table has one) and source_row, in table order."""
+    import polars as pl
+
     try:
         if kind == "parquet":
             frame = pl.scan_parquet(path)
@@ -153,6 +157,8 @@ def read_table_pairs(path: Path, kind: str, url_col: str | None, caption_col: st
 
 def read_folder_pairs(folder: Path) -> pl.DataFrame:
     """Every image file below ``folder`` as a file:// URL, captioned by its sibling .txt file."""
+    import polars as pl
+
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise InputError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) below it")
@@ -173,6 +179,8 @@ def read_folder_pairs(folder: Path) -> pl.DataFrame:
 def read_wikipedia_pairs(dataset: Dataset) -> pl.DataFrame:
     """One row per image reference of every article, with the article's page_id; the caption falls
     back to the file's name when the reference has none."""
+    import polars as pl
+
     frames = []
     offset = 0
     for path in dataset.table_files("articles"):
@@ -220,6 +228,8 @@ def split_input(
 
     Returns {"rows", "partitions", "url_repeats"}; a re-run of the same recipe reads it back.
     """
+    import polars as pl
+
     done = dataset.finished_part("input")
     if done is not None:
         return done
