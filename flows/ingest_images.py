@@ -242,10 +242,17 @@ class PreloadedProcessPoolTaskRunner(ProcessPoolTaskRunner):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from prefect.task_runners import _initialize_process_pool_worker
-
         super().__enter__()
-        self._executor.shutdown(wait=False)  # no worker was started yet: replace the pool
+        # this reuses internals of Prefect 3.9's ProcessPoolTaskRunner (the worker initializer, the
+        # executor and the log queue); where a Prefect lacks them, the spawned pool is kept as it is
+        try:
+            from prefect.task_runners import _initialize_process_pool_worker
+
+            queue, spawned = self._subprocess_message_queue, self._executor
+        except (ImportError, AttributeError):
+            run_logger().warning("worker processes are spawned: this Prefect cannot fork them from a server")
+            return self
+        spawned.shutdown(wait=False)  # no worker was started yet: replace the pool
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(WORKER_PRELOAD)
         self._executor = ProcessPoolExecutor(
@@ -253,7 +260,7 @@ class PreloadedProcessPoolTaskRunner(ProcessPoolTaskRunner):
             mp_context=context,
             initializer=_initialize_process_pool_worker,
             initargs=(
-                self._subprocess_message_queue,
+                queue,
                 getattr(self, "_initializer", None),
                 getattr(self, "_initargs", ()),
             ),
