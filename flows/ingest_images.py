@@ -152,6 +152,8 @@ def ingest_images(
         "respect_x_robots_tag": respect_x_robots_tag,
         "allow_private_addresses": fetch.allow_private_addresses,
     }
+    # TODO: a table that grew by appended rows has a new fingerprint, so it is fetched again from the
+    # first row; keeping the partitions of its unchanged prefix would make such runs incremental
     recipe = Recipe(KIND, {"source": source_.fingerprint()}, parameters, code_version(*CODE_MODULES))
     if dataset.is_current(recipe):
         logger.info("%s is up to date with %s: nothing to do", dataset.name, source)
@@ -275,6 +277,8 @@ def task_runner_for(processes: int, dask_address: str | None):
     opens its own HTTP session with that many requests in flight.
     """
     if dask_address:
+        # the workers write into the store themselves: with a local folder as store, every worker
+        # must see that folder at the same path (one machine, or a shared file system)
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=dask_address)

@@ -350,7 +350,11 @@ async def fetch_rows(
 
 
 class FragmentWriter:
-    """Writes FRAGMENT rows to one Parquet file under a temporary name, in row groups of ``batch``."""
+    """Writes FRAGMENT rows to one Parquet file under a temporary name, in row groups of ``batch``.
+
+    Fragments keep every image until the manifest is written, so a run needs about twice the shards'
+    size in the store at its end.
+    """
 
     def __init__(self, dataset: Dataset, relative: str, *, batch: int = 256) -> None:
         self._context = dataset.open_atomic(relative)
