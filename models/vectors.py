@@ -9,7 +9,7 @@ Every word model's run folder holds:
 
 ``WordEmbedding`` is the interface evaluation works through: unit rows for known words, vectors built
 for unseen ones where the model can (fastText from n-grams, PHOC from characters), and scores of query
-vectors against the vocabulary. One-hot overrides it to stay sparse.
+vectors against the vocabulary.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ class WordEmbedding:
         """
         limit = len(self.words) if limit is None else min(limit, len(self.words))
         dots = queries.astype(np.float32, copy=False) @ self.vectors[:limit].T
-        return dots / self.norms[:limit][None, :]
+        # a zero row (a PHOC word with no character of the alphabet) scores 0, not NaN
+        norms = np.where(self.norms[:limit] > 0, self.norms[:limit], 1.0)
+        return dots / norms[None, :]
 
 
 def _clean(word: str) -> str:

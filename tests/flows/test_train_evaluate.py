@@ -6,11 +6,13 @@ import asyncio
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from flows.cli import main
 from flows.evaluate import evaluate, nearest_words
-from flows.train import GPU_TAG, find_assets, setup_gpu_limit, train
+from flows.train import GPU_TAG, _train_with_torchrun, find_assets, setup_gpu_limit, train
 from models import registry
+from models.base import RunOptions
 from tasks.common import InputError
 from tests.models.text_assets import gloss_sentences, write_text_assets
 
@@ -97,3 +99,18 @@ def test_setup_gpu_limit_creates_the_limit(prefect_server):
     assert asyncio.run(read()).concurrency_limit == 3
     with pytest.raises(InputError, match=">= 1"):
         setup_gpu_limit(0)
+
+
+@pytest.mark.slow
+def test_word2vec_trains_under_torchrun_with_two_processes(glosses):
+    """Two CPU processes (gloo) each train on their share and average; rank 0 exports."""
+    store = glosses
+    assets = find_assets(store, registry.get("word2vec"))
+    run = store.dataset("runs/word2vec-two-processes")
+    config = registry.get("word2vec").config.from_overrides({"epochs": "1", "dim": "16", "min_count": "2"})
+    config = config.resolved(torch.device("cpu"))
+    run.fs.makedirs(run.path, exist_ok=True)
+    metrics = _train_with_torchrun(run, "word2vec", config.to_dict(), assets, RunOptions(device="cpu"), 2)
+    assert metrics["processes"] == 2
+    embedding = registry.get("word2vec").load(run)
+    assert len(embedding) == metrics["vocabulary"] and embedding.norms.min() > 0
