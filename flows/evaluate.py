@@ -1,4 +1,4 @@
-"""evaluate: word-embedding runs on analogies and similarity sets, with a leaderboard across them.
+"""evaluate: trained runs, word and contextual, on analogies, similarity and senses, with a leaderboard.
 
     embedpipe evaluate runs/word2vec-1a2b3c4d5e runs/glove-9f8e7d6c5b --store work/store
     embedpipe evaluate runs/fasttext-... --pairs my-pairs.tsv --analogies my-questions.txt
@@ -10,6 +10,11 @@ on WordSim353, SimLex-999, the Stanford Rare Words set (where ../shared/data has
 by the models that can (fastText, PHOC) and counted for the others. Results go to evaluations/RUN in
 the store (Parquet, plots as PNG); the flow makes a leaderboard table artifact across the runs and
 image artifacts of each run's analogy picture, nearest neighbours and 2-D projection.
+
+Contextual models (ELMo, BERT, GPT, T5) are scored on their own objective over the held-out articles
+(masked-token and NSP accuracy, perplexity, span accuracy), on the similarity sets with each word's
+context-free vector, and, like the word models, on words with two senses (tasks/contextual_evaluation.py):
+a contextual model gives a word a different vector in each sentence, a static one the same vector.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from models import registry
 from models.base import read_run_config
 from storage import Dataset, Manifest, Recipe, Store, code_version, file_fingerprint
-from storage.schemas import WORD_ANALOGIES, WORD_SIMILARITY
+from storage.schemas import HELDOUT_METRICS, WORD_ANALOGIES, WORD_SENSES, WORD_SIMILARITY
+from tasks import contextual_evaluation as cx
 from tasks import evaluation as ev
 from tasks.common import STORE_CACHE, InputError, artifact_key, run_logger
 
@@ -94,20 +100,11 @@ def _images(embedding, run_name: str) -> dict[str, bytes]:
     return images
 
 
-@task(name="evaluate-run", cache_policy=STORE_CACHE)
-def evaluate_run(
-    dataset: Dataset,
-    recipe: Recipe,
-    run: Dataset,
-    analogies: str | None,
-    pairs: list[str],
-    restrict_vocab: int,
-) -> dict[str, Any]:
-    """Analogies and similarity of one run into evaluations/RUN; returns the rows and the plot files."""
+def _word_results(
+    run: Dataset, embedding, analogies: str | None, pairs: list[str], restrict_vocab: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Analogy rows by section and one similarity row per pairs file, with each file's invalid lines."""
     logger = run_logger()
-    model = read_run_config(run)["model"]
-    embedding = registry.get(model).load(run)
-    dataset.begin(recipe)
     analogy_rows, similarity_rows, invalid = [], [], {}
     if analogies:
         sections, invalid[set_name(analogies)] = ev.read_analogies(analogies)
@@ -130,33 +127,98 @@ def evaluate_run(
                 else ""
             )
         )
+    return analogy_rows, similarity_rows, invalid
+
+
+def _pair_words(pairs: list[str]) -> list[str]:
+    words: dict[str, None] = {}
+    for path in pairs:
+        for a, b, _ in ev.read_pairs(path)[0]:
+            words[a.lower()] = None
+            words[b.lower()] = None
+    return list(words)
+
+
+@task(name="evaluate-run", cache_policy=STORE_CACHE)
+def evaluate_run(
+    dataset: Dataset,
+    recipe: Recipe,
+    run: Dataset,
+    analogies: str | None,
+    pairs: list[str],
+    restrict_vocab: int,
+    max_examples: int = 2_000,
+) -> dict[str, Any]:
+    """Evaluate one run into evaluations/RUN; returns its result rows.
+
+    Word models: analogies, similarity, the sense check and their plots. Contextual models: their
+    held-out objective, the sense check, and similarity with each word's context-free vector.
+    """
+    from flows.train import run_assets
+
+    logger = run_logger()
+    spec = registry.get(read_run_config(run)["model"])
+    loaded = spec.load(run)
+    dataset.begin(recipe)
+    plots_made: dict[str, bytes] = {}
+    heldout_rows: list[dict[str, Any]] = []
+    if spec.family == "contextual":
+        scores = loaded.heldout(run_assets(run, spec), max_examples=max_examples)
+        heldout_rows = [{"run": run.name, "metric": k, "value": float(v)} for k, v in scores.items()]
+        logger.info(f"{run.name} held out: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        embedding = loaded.static_embedding(_pair_words(pairs))
+        analogy_rows, similarity_rows, invalid = _word_results(run, embedding, None, pairs, restrict_vocab)
+        encode = loaded.encode_words
+        history = run.manifest().metrics.get("history") or []
+        if (png := cx.heldout_plot(history, f"{run.name}: training loss")) is not None:
+            plots_made["loss"] = png
+    else:
+        embedding = loaded
+        analogy_rows, similarity_rows, invalid = _word_results(
+            run, embedding, analogies, pairs, restrict_vocab
+        )
+        encode = cx.static_encoder(embedding)
+        plots_made.update(_images(embedding, run.name))
+    sense_rows = [{"run": run.name, **row} for row in cx.sense_rows(encode)]
+    senses = cx.summarize_senses(sense_rows)
+    logger.info(
+        f"{run.name} senses: {senses['sense_accuracy']:.3f} of {senses['sense_items']} words told apart, "
+        f"cosine {senses['context_cosine']:.3f} within a sense, {senses['other_sense_cosine']:.3f} across"
+    )
+    if (png := cx.senses_plot(sense_rows, f"{run.name}: one word, two senses")) is not None:
+        plots_made["senses"] = png
+
     tables = {}
     for table, schema, rows in (
         ("analogies", WORD_ANALOGIES, analogy_rows),
         ("similarity", WORD_SIMILARITY, similarity_rows),
+        ("senses", WORD_SENSES, sense_rows),
+        ("heldout", HELDOUT_METRICS, heldout_rows),
     ):
         dataset.write_table(f"{table}.parquet", pa.Table.from_pylist(rows, schema=schema))
         tables[table] = (schema, [f"{table}.parquet"], len(rows))
     plots = {}
-    for name, png in _images(embedding, run.name).items():
+    for name, png in plots_made.items():
         plots[name] = dataset.write_bytes(f"plots/{name}.png", png)
     counts = {
         "questions": sum(r["questions"] for r in analogy_rows if r["section"] != "total"),
         "questions_unseen": sum(r["unseen"] for r in analogy_rows if r["section"] != "total"),
         "pairs": sum(r["pairs"] for r in similarity_rows),
         "pairs_unseen": sum(r["unseen"] for r in similarity_rows),
+        "sense_items": senses["sense_items"],
+        "sense_items_unseen": senses["sense_items_unseen"],
         "invalid_lines": sum(invalid.values()),
     }
     dataset.commit(
-        Manifest.from_recipe(recipe, tables=tables, counts=counts, metrics={"plots": sorted(plots)})
+        Manifest.from_recipe(recipe, tables=tables, counts=counts, metrics={"plots": sorted(plots), **senses})
     )
-    return {"analogies": analogy_rows, "similarity": similarity_rows}
+    return read_results(dataset)
 
 
 def read_results(dataset: Dataset) -> dict[str, Any]:
     return {
-        "analogies": dataset.read_table("analogies").to_pylist(),
-        "similarity": dataset.read_table("similarity").to_pylist(),
+        table: dataset.read_table(table).to_pylist()
+        for table in ("analogies", "similarity", "senses", "heldout")
     }
 
 
@@ -176,9 +238,19 @@ def leaderboard_row(run: Dataset, results: dict[str, Any]) -> dict[str, Any]:
         value = item["spearman_all"] if item["answered_built"] else item["spearman"]
         row[item["set"]] = _round(value)
         row[f"{item['set']}_answered"] = f"{item['answered'] + item['answered_built']}/{item['pairs']}"
-    speed = metrics.get("words_per_s") or metrics.get("pairs_per_s")
-    row["train_rate"] = f"{speed:,.0f} {'words' if 'words_per_s' in metrics else 'pairs'}/s" if speed else ""
+    for item in results["heldout"]:
+        if item["metric"] in HELDOUT_SHOWN:
+            row[item["metric"]] = _round(item["value"])
+    senses = cx.summarize_senses(results["senses"])
+    row["sense_accuracy"] = _round(senses["sense_accuracy"])
+    row["context_cosine"] = _round(senses["context_cosine"])
+    unit = next((u for u in ("words", "tokens", "pairs") if metrics.get(f"{u}_per_s")), None)
+    row["train_rate"] = f"{metrics[f'{unit}_per_s']:,.0f} {unit}/s" if unit else ""
     return row
+
+
+# the held-out figures the leaderboard shows (all of them are in evaluations/RUN/heldout.parquet)
+HELDOUT_SHOWN = ("mlm_accuracy", "nsp_accuracy", "span_accuracy", "perplexity")
 
 
 def _round(value: float | None) -> float | None:
@@ -213,8 +285,9 @@ def evaluate(
     pairs: list[str] | None = None,
     restrict_vocab: int = ev.RESTRICT_VOCAB,
     default_sets_too: bool = True,
+    max_examples: int = 2_000,
 ) -> list[dict[str, Any]]:
-    """Evaluate word-embedding runs; returns the leaderboard rows (best 3CosAdd first)."""
+    """Evaluate trained runs, word and contextual; returns the leaderboard rows (best 3CosAdd first)."""
     from flows.environment import default_store
 
     store_ = Store(store or default_store())
@@ -226,6 +299,8 @@ def evaluate(
             raise InputError(f"evaluation file {path} does not exist; give an existing file")
     if restrict_vocab < 1:
         raise InputError(f"restrict_vocab must be >= 1, got {restrict_vocab}")
+    if max_examples < 1:
+        raise InputError(f"max_examples must be >= 1, got {max_examples}")
     board = []
     for name in runs:
         run = _resolve_run(store_, name)
@@ -238,8 +313,9 @@ def evaluate(
                 "analogies": set_name(analogies) if analogies else None,
                 "pairs": [set_name(p) for p in pairs],
                 "restrict_vocab": restrict_vocab,
+                "max_examples": max_examples,
             },
-            code_version("tasks.evaluation", "flows.evaluate"),
+            code_version("tasks.evaluation", "tasks.contextual_evaluation", "flows.evaluate"),
         )
         if dataset.is_current(recipe):
             results = read_results(dataset)
@@ -251,13 +327,12 @@ def evaluate(
                 analogies=analogies,
                 pairs=pairs,
                 restrict_vocab=restrict_vocab,
+                max_examples=max_examples,
             )
         board.append(leaderboard_row(run, results))
         _plot_artifacts(dataset, run.name)
     board.sort(key=lambda r: -(r.get("analogy_add") or 0.0))
-    create_table_artifact(
-        key=artifact_key("leaderboard"), table=board, description="word embeddings: leaderboard"
-    )
+    create_table_artifact(key=artifact_key("leaderboard"), table=board, description="embeddings: leaderboard")
     print(format_table(board))
     return board
 
@@ -306,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
             pairs=args.pairs,
             restrict_vocab=args.restrict_vocab,
             default_sets_too=not args.no_default_sets,
+            max_examples=args.max_examples,
         )
     except InputError as error:
         print(f"embedpipe evaluate: {error}", file=sys.stderr)
@@ -334,7 +410,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "evaluate",
-        help="evaluate word-embedding runs: analogies, similarity, leaderboard",
+        help="evaluate trained runs: analogies, similarity, senses, held-out scores, leaderboard",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -347,6 +423,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-default-sets", action="store_true", help="only the files given")
     parser.add_argument(
         "--restrict-vocab", type=int, default=ev.RESTRICT_VOCAB, help="search the first N words"
+    )
+    parser.add_argument(
+        "--max-examples", type=int, default=2_000, help="held-out examples scored per contextual model"
     )
     parser.set_defaults(run=run)
 

@@ -57,10 +57,10 @@ def find_assets(store: Store, spec: registry.ModelSpec, text: str | None = None)
         prefix = text if text.startswith("text/") else f"text/{text}"
         found = {}
         for need in spec.needs:
-            candidates = [d for d in store.datasets(prefix) if _kind(d) == need.kind]
+            candidates = [d for d in store.datasets(prefix) if need.matches(d, _kind(d))]
             if not candidates:
                 raise InputError(
-                    f"{store.url}/{prefix} has no finished {need.kind!r} dataset, which {spec.name} trains from; "
+                    f"{store.url}/{prefix} has no finished {need.describe()}, which {spec.name} trains from; "
                     f"make it with `{need.made_by}` (name {prefix.removeprefix('text/')})"
                 )
             found[need.name] = candidates[0]
@@ -70,7 +70,7 @@ def find_assets(store: Store, spec: registry.ModelSpec, text: str | None = None)
         kind = _kind(dataset)
         group = "/".join(dataset.name.split("/")[:2])
         for need in spec.needs:
-            if kind == need.kind:
+            if need.matches(dataset, kind):
                 by_group.setdefault(group, {}).setdefault(need.name, dataset)
     complete = {g: found for g, found in by_group.items() if len(found) == len(spec.needs)}
     if len(complete) == 1:
@@ -82,6 +82,21 @@ def find_assets(store: Store, spec: registry.ModelSpec, text: str | None = None)
         )
     missing = "; ".join(need.describe() for need in spec.needs)
     raise InputError(f"{store.url} has no text assets that {spec.name} can train from; it needs {missing}")
+
+
+def run_assets(run: Dataset, spec: registry.ModelSpec) -> dict[str, Dataset]:
+    """The datasets a finished run was trained from, by need name, from the inputs of its manifest."""
+    inputs = [run.store.dataset(name) for name in run.manifest().inputs]
+    found = {}
+    for need in spec.needs:
+        match = next((d for d in inputs if need.matches(d, _kind(d))), None)
+        if match is None:
+            raise InputError(
+                f"{run.name} was trained from datasets that are no longer in {run.store.url}: "
+                f"its {need.describe()} is missing; rebuild it or train the model again"
+            )
+        found[need.name] = match
+    return found
 
 
 def run_recipe(

@@ -27,6 +27,9 @@ COOCCURRENCE_KIND = "cooccurrence"
 VOCABULARY_TABLE = "vocabulary"
 TOKENS_TABLE = "tokens"
 COOCCURRENCE_TABLE = "cooccurrence"
+CORPUS_KIND = "text-corpus"
+CORPUS_TABLE = "sentences"
+TOKENIZER_KIND = "subword-tokenizer"
 
 
 @dataclass

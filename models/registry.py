@@ -21,6 +21,9 @@ from models.base import ModelConfig, TrainContext
 from models.data import (
     COOCCURRENCE_KIND,
     COOCCURRENCE_TABLE,
+    CORPUS_KIND,
+    CORPUS_TABLE,
+    TOKENIZER_KIND,
     TOKENS_KIND,
     TOKENS_TABLE,
     VOCABULARY_KIND,
@@ -37,14 +40,25 @@ class AssetNeed:
     kind: str  # the manifest kind of datasets that provide it
     table: str  # the table of that dataset the model reads
     made_by: str  # the command that makes it, shown when the store has none
+    # where several datasets share a kind (the three subword tokenizers), the one whose name ends so
+    suffix: str | None = None
 
     def describe(self) -> str:
-        return f"{self.name} (datasets of kind {self.kind!r}, made by `{self.made_by}`)"
+        named = f" named .../{self.suffix}" if self.suffix else ""
+        return f"{self.name} (datasets of kind {self.kind!r}{named}, made by `{self.made_by}`)"
+
+    def matches(self, dataset: Dataset, kind: str | None) -> bool:
+        return kind == self.kind and (self.suffix is None or dataset.name.endswith("/" + self.suffix))
 
 
 VOCABULARY = AssetNeed("vocabulary", VOCABULARY_KIND, VOCABULARY_TABLE, "embedpipe build-text-assets")
 TOKENS = AssetNeed("tokens", TOKENS_KIND, TOKENS_TABLE, "embedpipe build-text-assets")
 COOCCURRENCE = AssetNeed("cooccurrence", COOCCURRENCE_KIND, COOCCURRENCE_TABLE, "embedpipe build-text-assets")
+# the corpus sentences (text with case kept) that the subword models tokenize, and their tokenizers
+CORPUS = AssetNeed("corpus", CORPUS_KIND, CORPUS_TABLE, "embedpipe build-text-assets")
+WORDPIECE = AssetNeed("tokenizer", TOKENIZER_KIND, "", "embedpipe build-text-assets", suffix="wordpiece")
+BPE = AssetNeed("tokenizer", TOKENIZER_KIND, "", "embedpipe build-text-assets", suffix="bpe")
+UNIGRAM = AssetNeed("tokenizer", TOKENIZER_KIND, "", "embedpipe build-text-assets", suffix="unigram")
 
 TrainFunction = Callable[[ModelConfig, Mapping[str, Dataset], TrainContext], dict[str, Any]]
 

@@ -195,3 +195,22 @@ WORD_SIMILARITY = pa.schema([
     pa.field("spearman_all", pa.float64()),  # over answered and built
     pa.field("coverage", pa.float64()),
 ])
+
+# evaluations/RUN, contextual checks (tasks/contextual_evaluation.py): every run, static ones included
+
+WORD_SENSES = pa.schema([
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("word", pa.string(), nullable=False),  # a word with two senses
+    pa.field("cosine_same_sense", pa.float64()),  # its vectors in two sentences of one sense (1 for static)
+    pa.field("cosine_other_sense", pa.float64()),  # ... in a sentence of that sense and one of the other
+    pa.field("seen", pa.bool_(), nullable=False),  # false when the model has no vector for the word
+    pa.field("separated", pa.bool_(), nullable=False),  # cosine_same_sense > cosine_other_sense
+])
+
+# evaluations/RUN, a contextual model's own objective on the held-out articles (one row per metric)
+
+HELDOUT_METRICS = pa.schema([
+    pa.field("run", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),  # mlm_accuracy, nsp_accuracy, perplexity, span_accuracy, ...
+    pa.field("value", pa.float64()),
+])

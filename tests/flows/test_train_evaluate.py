@@ -56,7 +56,13 @@ def test_train_then_evaluate_then_neighbours(prefect_server, glosses, capsys):
         "analogy.png",
         "neighbours.png",
         "projection.png",
+        "senses.png",
     ]
+    # a static model: one vector per word, whatever the sentence around it
+    for row in board:
+        assert row["context_cosine"] == pytest.approx(1.0, abs=1e-5) and row["sense_accuracy"] == 0.0
+    senses = pq.read_table(results.file("senses.parquet")).to_pylist()
+    assert len(senses) == 16 and sum(r["seen"] for r in senses) >= 8
     assert "leaderboard" not in capsys.readouterr().err
 
     near = nearest_words(store.url, run, ["water", "notaword"], count=5)
