@@ -92,6 +92,7 @@ MODULES: dict[str, str] = {
     "word2vec": "models.word2vec",
     "glove": "models.glove",
     "fasttext": "models.fasttext",
+    "elmo": "models.elmo",
 }
 
 
