@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -150,10 +151,13 @@ def train_in_process(
 ) -> dict[str, Any]:
     """What every training process runs: the model's train() with this process's device and logger."""
     spec = registry.get(model)
+    settings = spec.config.from_dict(config)
+    if not options.threads and (preferred := settings.cpu_threads()):
+        options = dataclasses.replace(options, threads=preferred)
     context = TrainContext.create(dataset, options)
     context.logger = run_logger()
     try:
-        return spec.train(spec.config.from_dict(config), assets, context)
+        return spec.train(settings, assets, context)
     finally:
         context.dist.close()
 

@@ -176,6 +176,10 @@ class ModelConfig:
         """A few words that tell runs of the same model apart in tables (e.g. 'skipgram d100')."""
         return ""
 
+    def cpu_threads(self) -> int | None:
+        """Threads this model trains fastest with on the CPU when none are asked for; None = every core."""
+        return None
+
 
 # --- device and processes ------------------------------------------------------------------------
 

@@ -75,6 +75,11 @@ class GloVeConfig(ModelConfig):
     def describe(self) -> str:
         return f"d{self.dim} x_max {self.x_max:g}"
 
+    def cpu_threads(self) -> int | None:
+        # a step of 4,096 pairs is too small to share: on 2 cores (2026-12), 570k pairs/s on 1 thread
+        # against 46k on 2 with one other busy process, the threads waiting on each other at every op
+        return 1
+
 
 class GloVe:
     """Word and context vectors and biases, with AdaGrad's running sums of squared gradients."""
