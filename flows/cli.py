@@ -42,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tasks.common import InputError
+
     try:
         return int(args.run(args) or 0)
+    except InputError as e:  # the message says what is wrong and how to fix it: no traceback
+        print(f"embedpipe {args.command}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; a re-run resumes from the finished parts", file=sys.stderr)
         return 130
