@@ -93,6 +93,9 @@ MODULES: dict[str, str] = {
     "glove": "models.glove",
     "fasttext": "models.fasttext",
     "elmo": "models.elmo",
+    "bert": "models.bert",
+    "gpt": "models.gpt",
+    "t5": "models.t5",
 }
 
 
