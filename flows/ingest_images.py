@@ -240,6 +240,8 @@ class PreloadedProcessPoolTaskRunner(ProcessPoolTaskRunner):
     2026-12-03), which a run of a few thousand URLs feels; forked ones start at once.
     """
 
+    preload: list[str] = WORKER_PRELOAD  # the modules the fork server imports
+
     def __enter__(self):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -256,7 +258,7 @@ class PreloadedProcessPoolTaskRunner(ProcessPoolTaskRunner):
             return self
         spawned.shutdown(wait=False)  # no worker was started yet: replace the pool
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(WORKER_PRELOAD)
+        context.set_forkserver_preload(self.preload)
         self._executor = ProcessPoolExecutor(
             max_workers=self._max_workers,
             mp_context=context,

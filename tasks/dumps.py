@@ -29,8 +29,8 @@ STREAM_HEADER = re.compile(rb"BZh[1-9]\x31\x41\x59\x26\x53\x59")
 SCAN_BLOCK = 16 << 20
 
 
-class ChecksumError(Exception):
-    """A downloaded file does not match its published checksum."""
+class ChecksumError(InputError):
+    """A downloaded file does not match its published checksum (the download is deleted)."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,18 @@ class RemoteDump:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Bytes [start, end) of a dump file: whole compressed streams, or the whole file."""
+    """Bytes [start, end) of a dump file: whole compressed streams, or the whole file.
+
+    ``digest`` identifies those bytes (their offsets, and a hash of their first and last 64 KB): a
+    re-run keeps a finished chunk only while the file still holds the same bytes there, so a dump
+    completed after a truncated copy resumes from the chunks it had, and a new dump under the same
+    name (`simplewiki-latest-...`) starts over.
+    """
 
     number: int
     start: int
     end: int
+    digest: str = ""
 
     @property
     def size(self) -> int:
@@ -126,7 +133,7 @@ def download(
                         have = 0
                     total = _total_size(response, have)
                     with open(partial, "ab" if have else "wb") as f:
-                        for block in response.iter_bytes(1 << 20):
+                        for block in response.iter_bytes():  # as it arrives: a drop loses nothing received
                             f.write(block)
                 if total is not None and partial.stat().st_size < total:
                     raise httpx.RemoteProtocolError(
@@ -267,18 +274,27 @@ def plan_chunks(dump: Path, chunk_bytes: int, index: Path | None = None) -> list
     if chunk_bytes < 1:
         raise InputError(f"chunk size must be at least 1 byte, got {chunk_bytes}")
     size = dump.stat().st_size
-    if not dump.name.endswith(".bz2"):
-        return [Chunk(0, 0, size)]
-    offsets = offsets_from_index(index) if index is not None else offsets_by_scanning(dump)
-    offsets = sorted({0, *(o for o in offsets if 0 <= o < size)})
-    if len(offsets) == 1:
-        return [Chunk(0, 0, size)]
-    chunks: list[Chunk] = []
-    start = 0
+    bounds = [0, size]
+    if dump.name.endswith(".bz2"):
+        offsets = offsets_from_index(index) if index is not None else offsets_by_scanning(dump)
+        offsets = sorted({0, *(o for o in offsets if 0 <= o < size)})
+        bounds = [0]
+        with open(dump, "rb") as f:
+            for offset in offsets[1:]:
+                if offset - bounds[-1] >= chunk_bytes and (index is not None or _is_stream_start(f, offset)):
+                    bounds.append(offset)
+        bounds.append(size)
     with open(dump, "rb") as f:
-        for offset in offsets[1:]:
-            if offset - start >= chunk_bytes and (index is not None or _is_stream_start(f, offset)):
-                chunks.append(Chunk(len(chunks), start, offset))
-                start = offset
-    chunks.append(Chunk(len(chunks), start, size))
-    return chunks
+        return [
+            Chunk(number, start, end, _range_digest(f, start, end))
+            for number, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False))
+        ]
+
+
+def _range_digest(f, start: int, end: int, sample: int = 1 << 16) -> str:
+    digest = hashlib.blake2b(f"{start}-{end}".encode(), digest_size=12)
+    f.seek(start)
+    digest.update(f.read(min(sample, end - start)))
+    f.seek(max(start, end - sample))
+    digest.update(f.read(end - max(start, end - sample)))
+    return digest.hexdigest()

@@ -2,9 +2,9 @@
 
 Output, a dataset of the store (kind "wikipedia-articles"):
     articles/chunk-NNNNN-NNNNN.parquet   storage.schemas.ARTICLES, zstd, bounded rows and bytes
-    redirects/chunk-NNNNN.parquet        storage.schemas.REDIRECTS
-    rejects/chunk-NNNNN.parquet          storage.schemas.REJECTS: page id, title, reason, detail
-    _parts/chunk-NNNNN.json              a finished chunk's counts and files (resume marker)
+    redirects/chunk-NNNNN-NNNNN.parquet  storage.schemas.REDIRECTS
+    rejects/chunk-NNNNN-NNNNN.parquet    storage.schemas.REJECTS: page id, title, reason, detail
+    _parts/chunk-NNNNN.json              a finished chunk's counts, files and digest (resume marker)
     manifest.json                        written last
 Every page that enters is counted once: articles + redirects + other_namespace +
 empty_after_cleaning + rejected = pages_in.
@@ -22,10 +22,11 @@ from prefect import task
 from storage import Dataset, Manifest, Recipe
 from storage.parquet import RollingParquetWriter
 from storage.schemas import ARTICLES, REDIRECTS, REJECTS
+from storage.store import PARTS_DIR
 from tasks.common import STORE_CACHE, Progress, run_logger
 from tasks.dumps import Chunk, plan_chunks
 from tasks.wikitext import Cleaner
-from tasks.wikixml import BadPage, SiteInfo, decompressed_blocks, iter_pages, read_siteinfo
+from tasks.wikixml import BadPage, SiteInfo, decompressed_blocks, iter_pages, read_ahead, read_siteinfo
 
 KIND = "wikipedia-articles"
 CODE_MODULES = ("tasks.wikipedia", "tasks.wikitext", "tasks.wikixml", "tasks.dumps")
@@ -42,10 +43,11 @@ def plan(dataset: Dataset, recipe: Recipe, dump: str, index: str | None, chunk_b
     logger = run_logger()
     path = Path(dump)
     with open(path, "rb") as f:
-        siteinfo, _ = read_siteinfo(decompressed_blocks(f, dump))
+        siteinfo, _ = read_siteinfo(decompressed_blocks(f, dump), dump)
     chunks = plan_chunks(path, chunk_bytes, Path(index) if index else None)
-    dataset.begin(recipe)
-    resumed = sum(dataset.finished_part(chunk_name(c.number)) is not None for c in chunks)
+    if not dataset.is_current(recipe):  # a finished dataset is only read, never begun again
+        dataset.begin(resumable(recipe))
+    resumed = sum(_finished(dataset, c) is not None for c in chunks)
     logger.info(
         "%s: %s, schema %s, %d namespaces; %d chunk(s) of ~%.0f MB%s",
         path.name,
@@ -57,6 +59,21 @@ def plan(dataset: Dataset, recipe: Recipe, dump: str, index: str | None, chunk_b
         f", {resumed} already finished" if resumed else "",
     )
     return {"siteinfo": siteinfo.to_dict(), "chunks": chunks}
+
+
+def resumable(recipe: Recipe) -> Recipe:
+    """The recipe a run keeps finished chunks under: the dump by path, not by size and time.
+
+    A dump completed or downloaded again in place keeps the chunks whose bytes are unchanged (each
+    chunk's digest says so); other parameters or code start the dataset over.
+    """
+    return Recipe(recipe.kind, {"dump": recipe.inputs["dump"]}, recipe.parameters, recipe.code_version)
+
+
+def _finished(dataset: Dataset, chunk: Chunk) -> dict[str, Any] | None:
+    """A chunk's part marker, if it was finished from the bytes the file holds there now."""
+    done = dataset.finished_part(chunk_name(chunk.number))
+    return done if done is not None and done.get("digest") == chunk.digest else None
 
 
 def _is_redirect_text(text: str | None) -> bool:
@@ -80,7 +97,7 @@ def parse_chunk(
     """Parse and clean every page of one chunk into Parquet; a finished chunk is never parsed twice."""
     logger = run_logger()
     name = chunk_name(chunk.number)
-    if (done := dataset.finished_part(name)) is not None:
+    if (done := _finished(dataset, chunk)) is not None:
         logger.info("%s already finished (%s articles): skipped", name, f"{done['counts']['articles']:,}")
         return done
     for table in ("articles", "redirects", "rejects"):  # leftovers of a killed attempt
@@ -92,15 +109,13 @@ def parse_chunk(
     cleaner = Cleaner(info, disambiguation_templates=set(disambiguation_templates))
     wanted = set(namespaces)
     counts: Counter[str] = Counter({key: 0 for key in COUNT_KEYS})
-    redirects: list[dict] = []
-    rejects: list[dict] = []
     progress = Progress(f"{name} ({chunk.number + 1}/{chunks})", None, "pages", artifact=False)
     text_bytes = 0
 
     def reject(page_id, title, reason, detail):
         counts["rejected"] += 1
         counts[f"rejected_{reason}"] += 1
-        rejects.append(
+        rejects.write(
             {
                 "page_id": page_id,
                 "title": title,
@@ -120,6 +135,8 @@ def parse_chunk(
                 counts["rejected"],
             )
 
+    # every table is streamed to bounded files: a single-stream dump is one chunk, enwiki's has
+    # ~10 M redirects, so nothing of a chunk is held whole
     articles = RollingParquetWriter(
         dataset,
         f"articles/{name}",
@@ -128,8 +145,10 @@ def parse_chunk(
         max_bytes=max_bytes_per_file,
         batch_rows=500,
     )
-    with open(dump, "rb") as f, articles:
-        for page in iter_pages(decompressed_blocks(f, dump, chunk.start, chunk.end), dump):
+    redirects = RollingParquetWriter(dataset, f"redirects/{name}", REDIRECTS, max_rows=1_000_000)
+    rejects = RollingParquetWriter(dataset, f"rejects/{name}", REJECTS, max_rows=1_000_000)
+    with open(dump, "rb") as f, articles, redirects, rejects:
+        for page in iter_pages(read_ahead(decompressed_blocks(f, dump, chunk.start, chunk.end)), dump):
             counts["pages_in"] += 1
             progress.advance()
             if isinstance(page, BadPage):
@@ -142,7 +161,7 @@ def parse_chunk(
                     # an old-style redirect with no <redirect> element: the first link is its target
                     target = page.text.split("[[", 1)[-1].split("]]", 1)[0].split("|", 1)[0].strip()
                 counts["redirects"] += 1
-                redirects.append(
+                redirects.write(
                     {
                         "page_id": page.page_id,
                         "namespace": page.namespace,
@@ -187,15 +206,8 @@ def parse_chunk(
                 counts["images"] += len(clean.images)
     seconds = progress.finish()
 
-    files = {"articles": articles.files, "redirects": [], "rejects": []}
-    rows = {"articles": articles.rows, "redirects": len(redirects), "rejects": len(rejects)}
-    for table, schema, records in (("redirects", REDIRECTS, redirects), ("rejects", REJECTS, rejects)):
-        if records:
-            import pyarrow as pa
-
-            relative = f"{table}/{name}.parquet"
-            dataset.write_table(relative, pa.Table.from_pylist(records, schema=schema))
-            files[table].append(relative)
+    files = {"articles": articles.files, "redirects": redirects.files, "rejects": rejects.files}
+    rows = {"articles": articles.rows, "redirects": redirects.rows, "rejects": rejects.rows}
     result = {
         "chunk": chunk.number,
         "counts": dict(counts),
@@ -204,6 +216,7 @@ def parse_chunk(
         "seconds": seconds,
         "compressed_bytes": chunk.size,
         "wikitext_bytes": text_bytes,
+        "digest": chunk.digest,
     }
     dataset.part_done(name, result)
     logger.info(
@@ -223,7 +236,9 @@ def finalize(
     dataset: Dataset, recipe: Recipe, chunks: list[Chunk], siteinfo: dict[str, Any]
 ) -> dict[str, Any]:
     """Check every chunk finished, add up their counts, and write the manifest last."""
-    parts = [dataset.finished_part(chunk_name(c.number)) for c in chunks]
+    if dataset.is_current(recipe):
+        return summary(dataset)
+    parts = [_finished(dataset, c) for c in chunks]
     missing = [chunk_name(c.number) for c, p in zip(chunks, parts, strict=True) if p is None]
     if missing:
         raise RuntimeError(
@@ -237,6 +252,11 @@ def finalize(
         rows.update(part["rows"])
         for table, names in part["files"].items():
             files[table].extend(names)
+    for stale in dataset.finished_parts().values():  # chunks past the end of a file now shorter
+        if stale["chunk"] >= len(chunks):
+            for name in [f for names in stale["files"].values() for f in names]:
+                dataset.fs.rm(dataset.file(name))
+            dataset.fs.rm(dataset.file(f"{PARTS_DIR}/{chunk_name(stale['chunk'])}.json"))
     accounted = sum(counts[k] for k in COUNT_KEYS[1:])
     if accounted != counts["pages_in"]:
         raise AssertionError(f"{dataset.name}: {accounted} pages accounted for out of {counts['pages_in']}")
@@ -258,16 +278,23 @@ def finalize(
         },
     )
     dataset.commit(manifest)
+    return summary(dataset)
+
+
+def summary(dataset: Dataset) -> dict[str, Any]:
+    """A finished dataset's counts, in total and per chunk, for the run's artifacts."""
+    manifest = dataset.manifest()
+    parts = dataset.finished_parts().values()
     return {
         "dataset": dataset.name,
-        "counts": dict(counts),
+        "counts": manifest.counts,
         "per_chunk": [
             {
                 "chunk": p["chunk"],
                 **{k: p["counts"].get(k, 0) for k in COUNT_KEYS},
                 "seconds": round(p["seconds"], 2),
             }
-            for p in parts
+            for p in sorted(parts, key=lambda p: p["chunk"])
         ],
     }
 

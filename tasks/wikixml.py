@@ -13,7 +13,9 @@ each page is parsed alone, so one malformed page is rejected without stopping th
 from __future__ import annotations
 
 import bz2
+import queue
 import re
+import threading
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterable, Iterator
@@ -21,7 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-BLOCK_SIZE = 1 << 20
+from tasks.common import InputError
+
+BLOCK_SIZE = 1 << 18  # compressed bytes a read: ~1 MB of XML, small enough for reading ahead
 # a page bigger than this is rejected rather than buffered (the largest enwiki page is ~2-4 MB of text)
 MAX_PAGE_BYTES = 64 << 20
 
@@ -48,7 +52,7 @@ CANONICAL_NAMESPACES = {
 ALIASES = {6: ["Image"], 7: ["Image talk"]}
 
 
-class DumpError(Exception):
+class DumpError(InputError):
     """A truncated or corrupt dump: the message names the file and where it broke."""
 
 
@@ -183,14 +187,61 @@ def decompressed_blocks(file: BinaryIO, path: str, start: int = 0, end: int | No
         )
 
 
+def read_ahead(blocks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """The same blocks, made by a thread up to ``depth`` blocks ahead of the reader.
+
+    bz2 and zlib release the GIL while they decompress, so the thread's decompression overlaps the
+    parsing of the blocks before: bz2 is about half the work of a page (21 MB/s of XML against ~3 ms
+    a page to parse and clean on the English sample, 2-core x86_64, 2026-12). Memory stays bounded:
+    at most ``depth`` blocks wait. An error in the thread (DumpError) is raised here, in order.
+    """
+    finished = object()
+    waiting: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                waiting.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if not hand_over(block):
+                    return
+            hand_over(finished)
+        except BaseException as error:  # handed to the reader, which raises it
+            hand_over(error)
+
+    thread = threading.Thread(target=produce, name="dump-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := waiting.get()) is not finished:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 # --- siteinfo -----------------------------------------------------------------------------------
 
 _VERSION = re.compile(rb'export-(\d+\.\d+)/?"')
 _LANG = re.compile(rb'xml:lang="([^"]+)"')
 
 
-def read_siteinfo(blocks: Iterable[bytes], limit: int = 4 << 20) -> tuple[SiteInfo, int]:
-    """Read the header of a dump up to its first <page>; returns the siteinfo and the header's size."""
+def read_siteinfo(
+    blocks: Iterable[bytes], source: str = "the dump", limit: int = 4 << 20
+) -> tuple[SiteInfo, int]:
+    """Read the header of a dump up to its first <page>; returns the siteinfo and the header's size.
+
+    A dump without <siteinfo> (Special:Export of a few pages) gives the defaults: English names.
+    """
     head = b""
     for block in blocks:
         head += block
@@ -205,12 +256,18 @@ def read_siteinfo(blocks: Iterable[bytes], limit: int = 4 << 20) -> tuple[SiteIn
         info.lang = match.group(1).decode()
     start, stop = header.find(b"<siteinfo>"), header.find(b"</siteinfo>")
     if start >= 0 and stop > start:
-        element = ET.fromstring(header[start : stop + len(b"</siteinfo>")])
+        try:
+            element = ET.fromstring(header[start : stop + len(b"</siteinfo>")])
+            for ns in element.iter("namespace"):
+                info.namespaces[int(ns.get("key"))] = ns.text or ""
+        except (ET.ParseError, TypeError, ValueError) as e:
+            raise DumpError(
+                f"{source}: its <siteinfo> header (byte {start:,} of the XML) is not readable ({e}); "
+                "the file is corrupt: download it again"
+            ) from None
         info.dbname = element.findtext("dbname") or ""
         info.base = element.findtext("base") or ""
         info.case = element.findtext("case") or info.case
-        for ns in element.iter("namespace"):
-            info.namespaces[int(ns.get("key"))] = ns.text or ""
     return info, len(header)
 
 
