@@ -25,7 +25,9 @@ def gensim_sample_dump() -> Path:
     """The English sample dump (206 pages) that the gensim package ships with its test data."""
     import gensim.test.utils
 
-    path = Path(gensim.test.utils.datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"))
+    path = Path(
+        gensim.test.utils.datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    )
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: reinstall gensim (`make install`), which ships it")
     return path
@@ -126,7 +128,9 @@ def stage_images(store: str, state: dict) -> None:
     from tasks.images_input import read_wikipedia_pairs
 
     folder = demo_photo_folder(state)
-    name = ingest_images(source=str(folder), store=store, name="demo-photos", samples_per_shard=16, image_size=256)
+    name = ingest_images(
+        source=str(folder), store=store, name="demo-photos", samples_per_shard=16, image_size=256
+    )
     state["images"] = name
     dataset = Store(store).dataset(name)
     counts = dataset.manifest().counts
@@ -136,14 +140,18 @@ def stage_images(store: str, state: dict) -> None:
         print(f"  {shard['file']}: {shard['samples']} samples, {shard['bytes'] / 2**20:.1f} MiB")
     for sample in list(iter_samples(dataset))[:2]:
         meta = json.loads(sample["json"])
-        print(f"  [{sample['__key__']}] {meta['original_width']}x{meta['original_height']} -> "
-              f"{meta['width']}x{meta['height']}, phash {meta['phash']}: {sample['txt'].decode()}")
+        print(
+            f"  [{sample['__key__']}] {meta['original_width']}x{meta['original_height']} -> "
+            f"{meta['width']}x{meta['height']}, phash {meta['phash']}: {sample['txt'].decode()}"
+        )
 
     # the image references of the sample articles, as ingest-images would fetch them (not fetched here)
     if state.get("articles"):
         pairs = read_wikipedia_pairs(Store(store).dataset(state["articles"]))
-        print(f"\n{pairs.height:,} image references in {pairs['page_id'].n_unique():,} articles of "
-              f"{state['articles']}; `embedpipe ingest-images {state['articles']}` fetches them, e.g.:")
+        print(
+            f"\n{pairs.height:,} image references in {pairs['page_id'].n_unique():,} articles of "
+            f"{state['articles']}; `embedpipe ingest-images {state['articles']}` fetches them, e.g.:"
+        )
         for record in pairs.head(3).iter_rows(named=True):
             print(f"  page {record['page_id']}: {record['url']}  ({record['caption'][:60]})")
 
@@ -160,19 +168,49 @@ DEMO_MODELS = [
 
 
 def stage_word_embeddings(store: str, state: dict) -> None:
-    """Word models (one-hot, PHOC, word2vec, GloVe, fastText) trained briefly, evaluated, leaderboard."""
-    from flows.evaluate import evaluate, nearest_words
+    """Word models (one-hot, PHOC, word2vec, GloVe, fastText) trained briefly on the sample's assets."""
+    from flows.evaluate import nearest_words
     from flows.train import train
 
     tokens = state["text"]["datasets"]["tokens"]
     text = tokens.split("/")[1]
-    runs = [train(model=model, store=store, overrides=overrides, text=text) for model, overrides in DEMO_MODELS]
+    state["text_name"] = text
+    runs = [
+        train(model=model, store=store, overrides=overrides, text=text) for model, overrides in DEMO_MODELS
+    ]
     state["word_runs"] = runs
-    print("\nleaderboard (analogies: Google set, 3CosAdd/3CosMul; similarity: Spearman):")
-    evaluate(runs=runs, store=store)
     for run in runs[2:]:
         for word, near in nearest_words(store, run, ["greek", "war"], count=6).items():
             print(f"  {run.removeprefix('runs/')}  {word}: " + ", ".join(w for w, _ in near))
+
+
+# each contextual model at its small size, a few minutes of CPU in all: enough for the loss to fall
+# and the evaluation to run end to end, far from what they learn in the base size on a GPU
+DEMO_CONTEXTUAL = [
+    ("elmo", {"max_steps": "150", "batch_size": "32", "min_count": "3"}),
+    ("bert", {"steps": "150", "batch_size": "16"}),
+    ("gpt", {"steps": "150", "batch_size": "16"}),
+    ("t5", {"steps": "150", "batch_size": "16"}),
+]
+
+
+def stage_contextual(store: str, state: dict) -> None:
+    """Contextual models (ELMo, BERT, GPT, T5) pretrained briefly, then every run evaluated: one leaderboard."""
+    from flows.evaluate import evaluate
+    from flows.train import train
+
+    text = state["text_name"]
+    runs = [
+        train(model=model, store=store, overrides=overrides, text=text)
+        for model, overrides in DEMO_CONTEXTUAL
+    ]
+    state["contextual_runs"] = runs
+    print(
+        "\nleaderboard (analogies: Google set, 3CosAdd/3CosMul; similarity: Spearman; senses: words told apart"
+    )
+    print("by context; held out: the contextual models' own objectives on articles they never saw):")
+    evaluate(runs=[*state["word_runs"], *runs], store=store)
+    print(f"\nexported models: {', '.join(f'{store}/{r}' for r in runs)}")
 
 
 # the stages, in order; each takes the store URL and a dict of what earlier stages made
@@ -180,6 +218,7 @@ STAGES: list[Callable[[str, dict], None]] = [
     stage_wikipedia,
     stage_text_assets,
     stage_word_embeddings,
+    stage_contextual,
     stage_images,
 ]
 

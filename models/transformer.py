@@ -619,6 +619,8 @@ class TransformerModel(ContextualModel):
     ) -> None:
         import transformers
 
+        # a progress bar per load means nothing for weights read from a local folder in a second
+        transformers.utils.logging.disable_progress_bar()
         self.family = family
         self.name = family.name
         self.config = config
