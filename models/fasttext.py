@@ -5,8 +5,11 @@
 A word's input vector is the mean of its own row and the rows of its character n-grams: the n-grams
 of "<word>" for n in minn..maxn, hashed with 32-bit FNV-1a over their UTF-8 bytes (as fastText and
 gensim hash them) into ``bucket`` rows. Every input row of a word takes the whole gradient, as in
-fastText's unsupervised models. The rest (subsampling, dynamic window, negative sampling, linear
-learning-rate decay, resume) is word2vec's loop, models/word2vec.py.
+fastText's unsupervised models, and a row's summed update in a step is bounded as skip-gram bounds a
+word's (models/word2vec.py, STEP_LIMIT): an n-gram row sums the curvature of every word of the step
+that has it (unbounded, the loss on the bench corpus reached 1e18 in epoch 2, 2026-12). The rest
+(subsampling, dynamic window, negative sampling, linear learning-rate decay, resume) is word2vec's
+loop, models/word2vec.py.
 
 Exports, into the run folder:
     vectors.txt            the vocabulary's vectors (the mean of word and n-gram rows), word2vec text format
@@ -31,7 +34,7 @@ from models import registry
 from models.base import clear_checkpoints, require
 from models.data import TokenShards, Vocabulary
 from models.vectors import WordEmbedding, export_word_vectors, load_word_vectors
-from models.word2vec import NegativeSampling, WindowConfig, train_windows
+from models.word2vec import NegativeSampling, WindowConfig, bounded_steps, train_windows
 from storage import Dataset
 
 SUBWORDS_TENSORS = "subwords.safetensors"
@@ -131,9 +134,12 @@ class SubwordNegativeSampling(NegativeSampling):
         flat, bag_offsets, _ = self._rows_of(words)
         return torch.nn.functional.embedding_bag(flat, self.input, bag_offsets, mode="mean")  # (C, d)
 
-    def scatter_inputs(self, words: torch.Tensor, grads: torch.Tensor) -> None:
+    def scatter_inputs(self, words: torch.Tensor, grads: torch.Tensor, curvature: torch.Tensor) -> None:
+        # every row of a word takes the word's whole gradient; an n-gram row that many words of the
+        # step share sums all their curvatures, so its step is bounded as a frequent word's is
         flat, _, lengths = self._rows_of(words)
-        self.input.index_add_(0, flat, torch.repeat_interleave(grads, lengths, dim=0))
+        scale = bounded_steps(self.input_sums, flat, torch.repeat_interleave(curvature, lengths))
+        self.input.index_add_(0, flat, torch.repeat_interleave(grads, lengths, dim=0) * scale[:, None])
 
     def word_vectors(self, vocab_size: int, batch: int = 8192) -> torch.Tensor:
         parts = []

@@ -10,6 +10,10 @@ min_lr over all epochs. Exports vectors.txt (word2vec text format) into the run 
 What differs from the one-pair-at-a-time C loop, to run as large tensor operations:
 - one step takes a chunk of ``batch_words`` tokens (whole sentences): every center of the chunk is
   scored against the same parameters, and the updates are summed into the rows with index_add_;
+- so a frequent word's row takes hundreds of updates of one step at once (as a noise word above
+  all), where one-at-a-time SGD sees its sigmoid saturate after a few. Skip-gram bounds each row's
+  summed update by the curvature it sums (lr x sum of sigmoid'(score) |x|^2, STEP_LIMIT); a row under
+  the bound, as a rare word's is, takes plain SGD;
 - skip-gram predicts the contexts from the center (as fastText does; the C tool predicts the center
   from each context, the same pairs in the other direction), ``negative`` noise words per pair.
   (Sharing one draw among a center's contexts, weighted by their number, was tried: it pushed every
@@ -52,11 +56,40 @@ from models.vectors import export_word_vectors, load_embedding
 from storage import Dataset
 
 # Tokens per step. Every center of a step is scored against the same parameters and the updates are
-# summed, so a frequent word's row takes the sum of all its updates at once: measured on the WordNet
-# glosses (2026-12), skip-gram at 16,384 tokens per step diverged (loss to inf) while 2,048 trained as
-# well as gensim. On a GPU a step of 8,192 tokens is a few dozen kernels, well under a millisecond.
+# summed into the rows (bounded by STEP_LIMIT for skip-gram). On the CPU the size matters little once
+# bounded: skip-gram 132k words/s at 2,048 tokens, 131k at 1,024 and 512 (CPU time, one core, bench
+# corpus below, 2026-12); it falls to 57k at 4,096 and 8,192, whose tensors outgrow the caches. On a
+# GPU a step of 8,192 tokens is a few dozen kernels, well under a millisecond.
 CPU_BATCH_WORDS = 2_048
 GPU_BATCH_WORDS = 8_192
+
+# The largest lr x curvature a row's summed update may take in one step (bounded_steps). A gradient
+# step of size lr on a loss of curvature c overshoots the minimum where lr c > 1 and diverges where
+# lr c > 2; a row's summed losses have a curvature of at most sum sigmoid'(score) |x|^2 over its
+# entries (x: the vector on the other side of each), so at 1 no row's step passes the minimum of its
+# quadratic model, whichever way its entries point.
+#
+# Measured 2026-12 on bench/static_embeddings.py's corpus (the English sample dumps and the 117,659
+# WordNet glosses: 1.9M tokens, 23,360 words at min count 5), skip-gram dim 100, window 5, negative 5,
+# sample 1e-3, 5 epochs, lr 0.025 decaying linearly, 2,048 tokens a step, 1 thread, 2 shared cores.
+# Unbounded, lr x that sum was already 2.9 at step 25 for the output row of "the" (723 entries in the
+# step) and between 3 and 15 for the most frequent words' rows through step 450; the step's loss per
+# pair jumped to 27 at step 475 and to 2e4 at step 625 (epoch 1 of 5), and the vectors scored analogy
+# 0.004, WS353 0.078. One epoch survived only because its lr falls 5 times as fast. Candidates, as
+# analogy / WS353 / SimLex-999 (gensim on the same sentences: 0.070 / 0.435 / 0.227), final loss:
+#   this bound, STEP_LIMIT 1                          0.063 / 0.466 / 0.215   2.17
+#   this bound, STEP_LIMIT 2                          0.067 / 0.477 / 0.217   2.18
+#   this bound, output rows only                      0.073 / 0.431 / 0.216   2.28
+#   this bound at 512 tokens a step                   0.067 / 0.456 / 0.218   2.30
+#   this bound at 8,192 tokens a step (the GPU's)     0.057 / 0.432 / 0.218   2.24
+#   unbounded at 512 tokens a step                    0.069 / 0.445 / 0.219   2.25
+#   skip a score beyond +-6, as gensim's MAX_EXP does 0.064 / 0.444 / 0.234   10.0 (rows blown, frozen)
+#   each row's update divided by its entries          0.001 / -0.004 / -0.006 2.67 (learns nothing)
+#   noise rows' updates divided by their entries      0.014 / 0.486 / 0.169   4.11
+# Unbounded at 512 tokens trains here, with a quarter of the entries per row, but 8,000 glosses alone
+# diverged at 8,192 tokens (test_word_models.py). The bound also holds fastText's n-gram rows, which
+# many words of a step share: its loss had reached 1e18; bounded, 2.30 after 5 epochs.
+STEP_LIMIT = 1.0
 
 
 @dataclass
@@ -129,17 +162,41 @@ class Word2VecConfig(WindowConfig):
 
 
 class NoiseSampler:
-    """Noise words drawn from counts ** exponent by binary search in the cumulative table (as gensim)."""
+    """Noise words drawn from counts ** exponent by search in the cumulative table (as gensim).
+
+    A lookup on each draw's top bits (about four slots per word, 2^20 at most) gives the first word
+    the draw can fall on; where no slot spans more than ``LOOKUP_STEPS`` words, stepping from there
+    replaces the binary search: the same words as torch.searchsorted, in a step where it takes 15
+    (0.9 ms for 35,000 draws from 23,360 words where searchsorted takes 2.1, one core, 2026-12).
+    """
+
+    LOOKUP_STEPS = 4
 
     def __init__(self, counts: np.ndarray, exponent: float, device: torch.device) -> None:
         weights = counts.astype(np.float64) ** exponent
         # integer table on a 2^31 scale: exact, and the same on every device
         cumulative = np.round(np.cumsum(weights) / weights.sum() * (2**31 - 1)).astype(np.int64)
         self.table = torch.from_numpy(cumulative).to(device)
+        bits = min(20, (len(cumulative) - 1).bit_length() + 2)
+        self.shift = 31 - bits
+        starts = np.arange(2**bits, dtype=np.int64) << self.shift
+        first = np.minimum(np.searchsorted(cumulative, starts, side="right"), len(cumulative) - 1)
+        # the words inside one slot's range: the steps a search from the slot's first word may need
+        self.steps = int(np.diff(first, append=len(cumulative) - 1).max())
+        self.first = torch.from_numpy(first).to(device) if self.steps <= self.LOOKUP_STEPS else None
 
     def sample(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
         draws = torch.randint(0, int(self.table[-1]), shape, generator=gen, device=self.table.device)
-        return torch.searchsorted(self.table, draws, right=True).clamp_(max=len(self.table) - 1)
+        return self.find(draws)
+
+    def find(self, draws: torch.Tensor) -> torch.Tensor:
+        """The word of each draw in [0, table[-1]): the first whose cumulative weight exceeds it."""
+        if self.first is None:  # a long tail of tiny weights: binary search
+            return torch.searchsorted(self.table, draws, right=True).clamp_(max=len(self.table) - 1)
+        words = self.first[draws >> self.shift]
+        for _ in range(self.steps):
+            words += self.table[words] <= draws
+        return words
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
@@ -187,6 +244,19 @@ def make_windows(
 # --- the network ---------------------------------------------------------------------------------
 
 
+def bounded_steps(scratch: torch.Tensor, rows: torch.Tensor, curvature: torch.Tensor) -> torch.Tensor:
+    """The factor of each entry's update that keeps its row's summed step within STEP_LIMIT.
+
+    ``curvature`` is lr times the curvature each entry's loss adds along the row it updates; a row's
+    entries are summed (in ``scratch``, a zero vector of one slot per row, left zero), and where the
+    sum is over STEP_LIMIT every entry of that row is scaled by STEP_LIMIT / sum.
+    """
+    scratch.index_add_(0, rows, curvature)
+    summed = scratch.index_select(0, rows)
+    scratch.index_fill_(0, rows, 0.0)
+    return STEP_LIMIT / summed.clamp_(min=STEP_LIMIT)
+
+
 class NegativeSampling:
     """Input and output matrices and the two SGNS steps, with explicit sparse SGD updates."""
 
@@ -195,6 +265,9 @@ class NegativeSampling:
         # as word2vec: inputs uniform in (-0.5/dim, 0.5/dim), outputs zero
         self.input = ((torch.rand(rows, dim, generator=gen) - 0.5) / dim).to(device)
         self.output = torch.zeros(words, dim, device=device)
+        # per-row sums of a step (bounded_steps), zero between steps
+        self.input_sums = torch.zeros(rows, device=device)
+        self.output_sums = torch.zeros(words, device=device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"input": self.input, "output": self.output}
@@ -207,44 +280,60 @@ class NegativeSampling:
     def gather_inputs(self, words: torch.Tensor) -> torch.Tensor:
         return self.input.index_select(0, words)
 
-    def scatter_inputs(self, words: torch.Tensor, grads: torch.Tensor) -> None:
-        self.input.index_add_(0, words, grads)
+    def scatter_inputs(self, words: torch.Tensor, grads: torch.Tensor, curvature: torch.Tensor) -> None:
+        """Add each word's ``grads`` to its input rows, bounded by their summed (lr x) ``curvature``."""
+        scale = bounded_steps(self.input_sums, words, curvature)
+        self.input.index_add_(0, words, grads * scale[:, None])
 
     def skipgram_step(
         self, w: Windows, noise: NoiseSampler, negative: int, lr: float, gen: torch.Generator
     ) -> tuple[torch.Tensor, int]:
-        """Each center predicts each of its contexts, against ``negative`` noise words drawn per pair."""
+        """Each center predicts each of its contexts, against ``negative`` noise words drawn per pair.
+
+        Every score is taken from the parameters before the step. A row's update is the sum of its
+        entries' SGD updates, scaled down where that sum would overshoot (see STEP_LIMIT).
+        """
         center_words = w.tokens[w.centers]  # (C,)
         pairs = len(w.pair_context)
         u = self.gather_inputs(center_words)  # (C, d)
         u_pairs = u.index_select(0, w.pair_center)  # (P, d)
-        v_pos = self.output.index_select(0, w.pair_context)  # (P, d)
-        noise_words = noise.sample((pairs, negative), gen)  # (P, K)
-        v_neg = self.output.index_select(0, noise_words.reshape(-1)).view(pairs, negative, -1)  # (P, K, d)
+        # per pair: its context (label 1), then its noise words (label 0)
+        targets = torch.cat([w.pair_context[:, None], noise.sample((pairs, negative), gen)], 1)  # (P, 1+K)
+        flat = targets.reshape(-1)
+        v = self.output.index_select(0, flat).view(pairs, negative + 1, -1)  # (P, 1+K, d)
+        score = torch.bmm(u_pairs.unsqueeze(1), v.transpose(1, 2)).squeeze(1)  # (P, 1+K)
 
-        score_pos = (u_pairs * v_pos).sum(1)  # (P,)
-        score_neg = torch.bmm(v_neg, u_pairs.unsqueeze(2)).squeeze(2)  # (P, K)
+        sign = torch.full((negative + 1,), -1.0, device=u.device)
+        sign[0] = 1.0
         # a noise word that is the pair's context itself is skipped, as word2vec does
-        not_target = (noise_words != w.pair_context[:, None]).to(u.dtype)
-        loss = -(F.logsigmoid(score_pos).sum() + (F.logsigmoid(-score_neg) * not_target).sum())
+        live = (targets != targets[:, :1]).to(u.dtype)
+        live[:, 0] = 1.0
+        signed = score * sign  # the label's side of each score
+        loss = -(F.logsigmoid(signed) * live).sum()
+        miss = torch.sigmoid(-signed).mul_(live)  # 1 - sigmoid: how far each prediction is from its label
+        g = miss * sign * lr  # lr x the gradient of the log-likelihood with respect to the score
+        h = miss * (1.0 - miss) * lr  # lr x its curvature, sigmoid(1 - sigmoid)
 
-        # gradient of log sigmoid, times lr: (label - sigmoid(score)) * lr
-        g_pos = (1.0 - torch.sigmoid(score_pos)) * lr  # (P,)
-        g_neg = torch.sigmoid(score_neg).mul_(not_target).mul_(-lr)  # (P, K)
-
-        grad_pairs = v_pos * g_pos[:, None] + torch.bmm(g_neg.unsqueeze(1), v_neg).squeeze(1)  # (P, d)
+        # output rows: entry (p, k) moves row targets[p, k] by g u_p, curvature h |u_p|^2 along it
+        u_norms = torch.linalg.vector_norm(u, dim=1).square_().index_select(0, w.pair_center)  # (P,)
+        g_out = g * bounded_steps(self.output_sums, flat, (h * u_norms[:, None]).reshape(-1)).view_as(g)
+        # input rows: pair p moves its center by sum_k g v_k, curvature sum_k h |v_k|^2
+        grad_pairs = torch.bmm(g.unsqueeze(1), v).squeeze(1)  # (P, d)
+        curvature_pairs = (h * torch.linalg.vector_norm(v, dim=2).square_()).sum(1)  # (P,)
         grad_u = torch.zeros_like(u).index_add_(0, w.pair_center, grad_pairs)
-        self.output.index_add_(0, w.pair_context, u_pairs * g_pos[:, None])
-        self.output.index_add_(
-            0, noise_words.reshape(-1), (g_neg.unsqueeze(2) * u_pairs.unsqueeze(1)).flatten(0, 1)
-        )
-        self.scatter_inputs(center_words, grad_u)
+        curvature_u = torch.zeros(len(u), device=u.device).index_add_(0, w.pair_center, curvature_pairs)
+
+        self.output.index_add_(0, flat, (g_out.unsqueeze(2) * u_pairs.unsqueeze(1)).flatten(0, 1))
+        self.scatter_inputs(center_words, grad_u, curvature_u)
         return loss, pairs
 
     def cbow_step(
         self, w: Windows, noise: NoiseSampler, negative: int, lr: float, gen: torch.Generator
     ) -> tuple[torch.Tensor, int]:
         """The mean of each center's contexts predicts the center, against ``negative`` noise words."""
+        # FIXME: CBOW's summed row updates are not bounded as skip-gram's are (STEP_LIMIT). It trains
+        # at 2,048 and 8,192 tokens a step, but at 32,768 on 8,000 WordNet glosses (dim 100, 5 epochs,
+        # min count 3) its loss climbed from 3.6 in epoch 3 to 7.0 in epoch 4 before coming back.
         count = len(w.centers)
         contexts_per_center = torch.bincount(w.pair_center, minlength=count).to(self.input.dtype)
         h = torch.zeros(count, self.input.shape[1], device=self.input.device)

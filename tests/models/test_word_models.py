@@ -6,10 +6,12 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from gensim.models import KeyedVectors
 
 from models import registry
 from models.base import ConfigError, RunOptions, TrainContext, TrainingInterrupted, checkpoint_steps
+from models.word2vec import STEP_LIMIT, NoiseSampler, bounded_steps
 from storage import Store
 from tests.models.text_assets import gloss_sentences, write_text_assets
 
@@ -54,6 +56,47 @@ def test_loss_falls_and_gensim_loads_the_vectors(glosses, case):
     np.testing.assert_allclose(vectors.vectors, embedding.vectors, rtol=1e-5, atol=1e-6)
     assert vectors.vector_size == 32
     assert checkpoint_steps(run) == []  # removed once exported
+
+
+@pytest.mark.parametrize("case", ["word2vec skipgram", "fasttext"])
+def test_skipgram_stays_bounded_with_large_steps(glosses, case):
+    # 8,192 tokens a step (the GPU's default) on 8,000 glosses: "the" is drawn as a noise word ~2,800
+    # times a step; unbounded, the summed updates of such rows overshot and the loss rose past 1e4
+    # (fastText's past 1e20) within 3 epochs
+    store, names = glosses
+    model, overrides = TRAINED[case]
+    overrides = overrides | {"epochs": "3", "batch_words": "8192"}
+    metrics, _ = train_run(store, names, model, overrides, f"large-{case.replace(' ', '-')}", log_every_s=0.0)
+    losses = [point["loss"] for point in metrics["history"] if np.isfinite(point["loss"])]
+    start = 6 * np.log(2)  # every score 0: log 2 for the context and for each of 5 noise words
+    assert max(losses) < 1.1 * start, f"{case}: loss rose to {max(losses):.1f}"
+    assert np.mean(losses[-3:]) < 0.8 * start, f"{case}: loss {start:.2f} -> {np.mean(losses[-3:]):.2f}"
+
+
+def test_a_rows_summed_step_is_bounded_where_it_would_overshoot():
+    rows = torch.tensor([0, 1, 1, 2, 2, 2, 2])
+    curvature = torch.tensor([0.3, 0.2, 0.3, 0.5, 0.5, 1.0, 2.0]) * STEP_LIMIT
+    scratch = torch.zeros(3)
+    scale = bounded_steps(scratch, rows, curvature)
+    # rows 0 and 1 sum to 0.3 and 0.5 of the limit: plain SGD; row 2 sums to 4 times it
+    torch.testing.assert_close(scale, torch.tensor([1, 1, 1, 0.25, 0.25, 0.25, 0.25]))
+    assert scratch.abs().sum() == 0  # left zero for the next step
+
+
+@pytest.mark.parametrize("exponent, lookup", [(0.75, True), (1.0, True), (-1.0, False)])
+def test_noise_words_are_those_a_binary_search_finds(exponent, lookup):
+    counts = np.round(1e6 / np.arange(1, 20_001)).astype(np.int64)  # Zipf's law, as word counts go
+    sampler = NoiseSampler(counts, exponent, torch.device("cpu"))
+    # exponent -1 makes the frequent words the rare noise: too many in a slot, so binary search
+    assert (sampler.first is not None) == lookup
+    table = sampler.table
+    draws = torch.randint(0, int(table[-1]), (50_000,), generator=torch.Generator().manual_seed(1))
+    edges = torch.cat([table[:-1] - 1, table[:-1], torch.tensor([0, int(table[-1]) - 1])]).clamp(min=0)
+    for values in (draws, edges):
+        expected = torch.searchsorted(table, values, right=True)
+        assert torch.equal(sampler.find(values), expected)
+    words = sampler.sample((50_000,), torch.Generator().manual_seed(1))
+    assert torch.equal(words, torch.searchsorted(table, draws, right=True))
 
 
 def planted_pairs_corpus(seed: int = 0) -> tuple[list[list[str]], list[tuple[str, str]]]:

@@ -1,0 +1,266 @@
+"""Benchmark: word2vec (skip-gram, CBOW), fastText and GloVe against gensim on the same corpus, in one run.
+
+    python -m bench.static_embeddings [--epochs 5] [--dim 100] [--window 5] [--negative 5] [--min-count 5]
+                                      [--threads 1] [--models skipgram cbow fasttext glove]
+                                      [--bucket 2000000] [--store DIR]
+
+The corpus is the issue's reference one: the English sample dumps of ../shared/data (ingested by
+ingest-wikipedia) plus the 117,659 WordNet glosses, through build-text-assets' corpus, vocabulary and
+token shards (min count 5). gensim trains on the very same sentences (the token shards' rows, as
+words), with the same dim, window, negatives, epochs, min count and subsampling, `workers` equal to
+our --threads. Both sets of vectors are scored by tasks/evaluation.py, whose numbers equal gensim's own
+evaluate_word_analogies/evaluate_word_pairs (tests/tasks/test_evaluation.py).
+
+words/s is corpus words times epochs over the training seconds (vocabulary building excluded for both).
+GloVe has no anchor in Python: Stanford's C tool (window 10, 15 iterations, 2 threads) on this corpus on
+this kind of machine is written below as measured once (its build is not part of this repository).
+
+Measured 2026-12-04, defaults (1,896,794 words, 5 epochs, dim 100, window 5, negative 5, min count 5,
+1 thread / 1 worker), on an x86_64 VM with 2 cores (AMD EPYC) shared with other work, so words/s move
+by +-20% from run to run; the scores repeat exactly (fixed seeds):
+
+    model     impl                    seconds           rate  analogy answered  ws353 simlex     rw
+    skipgram  ours                      115.6 82,070 words/s    0.063    8,921  0.466  0.215  0.396
+    skipgram  gensim                     34.5 275,145 words/s    0.070    8,921  0.435  0.227  0.390
+    cbow      ours                       24.5 387,297 words/s    0.041    8,921  0.369  0.137  0.324
+    cbow      gensim                     11.3 837,084 words/s    0.039    8,921  0.371  0.156  0.352
+    fasttext  ours                      141.1 67,230 words/s    0.457    8,921  0.473  0.158  0.353
+    fasttext  gensim                     57.4 165,220 words/s    0.511    8,921  0.438  0.186  0.327
+    glove     ours                      152.6 579,720 pairs/s    0.015    8,921  0.216  0.020  0.209
+    glove     Stanford C (recorded)     110.0              -    0.034        -  0.390      -      -
+
+Before skip-gram's summed row updates were bounded (models/word2vec.py, STEP_LIMIT), skip-gram scored
+0.004 / 0.078 / 0.036 / 0.066 (its loss passed 1e4 in epoch 1) and fastText's loss reached 1e18.
+Alternating the two versions in one process on the first 500 steps of this run, the bounded step
+took 7.5 s where the unbounded one took 9.3 (best of 3 each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import flows  # noqa: F401  (Prefect defaults before Prefect is imported)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+ENGLISH_DUMPS = [
+    "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+    "enwiki-table-markup.xml.bz2",
+    "wikipedia2vec-enwiki-pages-articles-sample.xml.bz2",
+    "zulko-wiki_dump_extractor-tiny_dump-enwiki-export-0.11.xml.bz2",
+]
+GLOSSES = DATA / "text_corpora" / "wordnet30_glosses" / "wordnet30-glosses.txt.bz2"
+QUESTIONS = DATA / "word_eval" / "gensim" / "questions-words.txt"
+PAIRS = {
+    "ws353": DATA / "word_eval" / "gensim" / "wordsim353.tsv",
+    "simlex": DATA / "word_eval" / "gensim" / "simlex999.txt",
+    "rw": DATA / "word_eval" / "faruqui_eval-word-vectors" / "EN-RW-STANFORD.txt",
+}
+# Stanford's GloVe C tools on the corpus above, window 10, 15 iterations, 2 threads (the reference figure)
+GLOVE_C_REFERENCE = {"seconds": 110.0, "analogy": 0.034, "ws353": 0.39}
+
+
+def prepare(store_url: str) -> tuple[str, str, list[list[str]]]:
+    """Token shards and co-occurrence (window 10) of the corpus, and its sentences as words for gensim."""
+    import pyarrow.parquet as pq
+
+    from flows.ingest_wikipedia import ingest_wikipedia
+    from storage import Store
+    from tasks import cooccurrence as co
+    from tasks import corpus as cp
+
+    store = Store(store_url)
+    names = []
+    for dump in ENGLISH_DUMPS:
+        name = "bench-" + dump.split(".")[0]
+        dataset = store.dataset(f"wikipedia/{name}")
+        if not dataset.is_complete():
+            ingest_wikipedia(source=str(DATA / "wikipedia_xml" / dump), store=store_url, name=name)
+        names.append(dataset.name)
+    _, _, tokens = cp.build_in_process(store, [*names, str(GLOSSES)], "bench-en", min_count=5)
+    cooccurrence = store.dataset("text/bench-en/cooccurrence")
+    co.count_in_process(cooccurrence, tokens, co.CooccurrenceOptions(window=10))
+    words = tokens.read_table("vocabulary").column("token").to_pylist()
+    sentences = []
+    for path in tokens.table_files("tokens"):
+        for row in pq.read_table(path, columns=["tokens"], filesystem=tokens.fs).column("tokens").to_pylist():
+            if row:
+                sentences.append([words[i] for i in row])
+    return tokens.name, cooccurrence.name, sentences
+
+
+def scores(embedding) -> dict[str, float]:
+    from tasks import evaluation as ev
+
+    sections, _ = ev.read_analogies(QUESTIONS)
+    total = ev.evaluate_analogies(embedding, sections)[-1]
+    out = {"analogy": total["accuracy_add"], "answered": total["answered"]}
+    for name, path in PAIRS.items():
+        result = ev.evaluate_pairs(embedding, ev.read_pairs(path)[0])
+        out[name] = result["spearman_all"] if name == "rw" else result["spearman"]
+    return out
+
+
+def ours(store_url: str, model: str, overrides: dict[str, str], threads: int, assets: dict[str, str]) -> dict:
+    from models import registry
+    from models.base import RunOptions, TrainContext
+    from storage import Store
+
+    store = Store(store_url)
+    spec = registry.get(model)
+    run = store.dataset(f"runs/bench-{model}-{overrides.get('mode', '')}-{time.time_ns()}")
+    context = TrainContext.create(run, RunOptions(device="auto", threads=threads, log_every_s=30.0))
+    config = spec.config.from_overrides(overrides).resolved(context.device)
+    started = time.perf_counter()
+    metrics = spec.train(
+        config, {need.name: store.dataset(assets[need.name]) for need in spec.needs}, context
+    )
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "metrics": metrics, **scores(spec.load(run))}
+
+
+def anchor(kind: str, sentences: list[list[str]], args: argparse.Namespace) -> dict:
+    from gensim.models import FastText, Word2Vec
+
+    from models.vectors import WordEmbedding
+
+    settings = dict(
+        vector_size=args.dim,
+        window=args.window,
+        negative=args.negative,
+        epochs=args.epochs,
+        min_count=args.min_count,
+        sample=1e-3,
+        workers=args.threads,
+        seed=1,
+    )
+    if kind == "fasttext":
+        model = FastText(sg=1, bucket=args.bucket, min_n=3, max_n=6, **settings)
+    else:
+        model = Word2Vec(sg=int(kind == "skipgram"), **settings)
+    model.build_vocab(sentences)
+    started = time.perf_counter()
+    model.train(sentences, total_examples=model.corpus_count, epochs=args.epochs)
+    seconds = time.perf_counter() - started
+    embedding = WordEmbedding(model.wv.index_to_key, model.wv.vectors)
+    if kind == "fasttext":
+        # gensim builds unseen words from n-grams too: score Rare Words with its own vectors for them
+        from tasks import evaluation as ev
+
+        result = {"seconds": seconds, **scores(embedding)}
+        import numpy as np
+        from scipy import stats
+
+        pairs = ev.read_pairs(PAIRS["rw"])[0]
+        sims = [
+            float(np.dot(model.wv.get_vector(a, norm=True), model.wv.get_vector(b, norm=True)))
+            for a, b, _ in pairs
+        ]
+        result["rw"] = float(stats.spearmanr([s for _, _, s in pairs], sims)[0])
+        return result
+    return {"seconds": seconds, **scores(embedding)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.static_embeddings", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--negative", type=int, default=5)
+    parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="our torch threads and gensim's workers")
+    parser.add_argument("--bucket", type=int, default=2_000_000, help="fastText n-gram buckets, both")
+    parser.add_argument("--glove-epochs", type=int, default=15)
+    parser.add_argument("--models", nargs="+", default=["skipgram", "cbow", "fasttext", "glove"])
+    parser.add_argument("--store", help="store folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("gensim", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        store_url = args.store or str(Path(scratch) / "store")
+        started = time.perf_counter()
+        tokens, cooccurrence, sentences = prepare(store_url)
+        corpus_words = sum(len(s) for s in sentences)
+        print(
+            f"corpus: {len(sentences):,} sentences, {corpus_words:,} words ({time.perf_counter() - started:.0f} s)"
+        )
+        assets = {"tokens": tokens, "cooccurrence": cooccurrence}
+        shared = {
+            "dim": str(args.dim),
+            "window": str(args.window),
+            "negative": str(args.negative),
+            "epochs": str(args.epochs),
+            "min_count": str(args.min_count),
+        }
+        rows = []
+        for kind in args.models:
+            if kind == "glove":
+                overrides = {
+                    "dim": str(args.dim),
+                    "epochs": str(args.glove_epochs),
+                    "min_count": str(args.min_count),
+                }
+                mine = ours(store_url, "glove", overrides, args.threads, assets)
+                rows.append(("glove", "ours", mine, mine["metrics"]["pairs_per_s"], "pairs/s"))
+                reference = {**GLOVE_C_REFERENCE, "answered": None, "simlex": None, "rw": None}
+                rows.append(("glove", "Stanford C (recorded)", reference, None, ""))
+                continue
+            model, extra = (
+                ("fasttext", {"bucket": str(args.bucket)})
+                if kind == "fasttext"
+                else ("word2vec", {"mode": kind})
+            )
+            mine = ours(store_url, model, shared | extra, args.threads, assets)
+            theirs = anchor(kind, sentences, args)
+            for who, result in (("ours", mine), ("gensim", theirs)):
+                rows.append((kind, who, result, corpus_words * args.epochs / result["seconds"], "words/s"))
+            print(format_rows(rows[-2:]), flush=True)
+
+    print(
+        f"\n{corpus_words:,} words, {args.epochs} epochs, dim {args.dim}, window {args.window}, "
+        f"negative {args.negative}, min count {args.min_count}, {args.threads} thread(s)/worker(s) each"
+    )
+    print(format_rows(rows))
+    print("\nratio ours/anchor (words/s, analogy, ws353, simlex, rw):")
+    for k in range(0, len(rows) - 1):
+        (kind, who, mine, rate, _), (kind2, who2, theirs, rate2, _) = rows[k], rows[k + 1]
+        if who == "ours" and kind == kind2 and who2 == "gensim":
+            ratios = [_ratio(rate, rate2)] + [
+                _ratio(mine.get(key), theirs.get(key)) for key in ("analogy", "ws353", "simlex", "rw")
+            ]
+            print(f"  {kind:9} " + "  ".join(ratios))
+    return 0
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def format_rows(rows) -> str:
+    lines = [
+        f"{'model':9} {'impl':22} {'seconds':>8} {'rate':>14} {'analogy':>8} {'answered':>8} {'ws353':>6} {'simlex':>6} {'rw':>6}"
+    ]
+    for kind, who, result, rate, unit in rows:
+
+        def cell(key, fmt="{:.3f}", result=result):
+            value = result.get(key)
+            return fmt.format(value) if value is not None else "-"
+
+        rate_text = f"{rate:,.0f} {unit}" if rate else "-"
+        lines.append(
+            f"{kind:9} {who:22} {result['seconds']:8.1f} {rate_text:>14} {cell('analogy'):>8} "
+            f"{cell('answered', '{:,}'):>8} {cell('ws353'):>6} {cell('simlex'):>6} {cell('rw'):>6}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
