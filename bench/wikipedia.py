@@ -21,9 +21,10 @@ decompressed XML. Every round runs in a fresh process; with --repeat the best ro
 the load of a shared machine changing by the minute. --profile also prints where one process spends
 its time parsing the dump's first chunk (cProfile, without Prefect).
 
-Measured 2026-12-04 on 2 cores shared with other work (load average 1.8 before, 4.5 after), the
-defaults, in pages/s: 1 process, embedpipe 152 and wikiextractor 134 (1.13); 2 processes, 149 and
-148 (1.01). Neither scaled, the second core being taken by other work.
+Measured 2026-12-04 on 2 otherwise idle cores (load average 0.7 before), the defaults, in pages/s:
+1 process, embedpipe 287 and wikiextractor 252 (1.14); 2 processes, 353 and 297 (1.19); from one
+process to two, 1.23x and 1.18x. Earlier the same day on 2 cores shared with other work: 152 and 134
+(1.13) on one process, 149 and 148 on two.
 """
 
 from __future__ import annotations
