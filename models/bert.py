@@ -180,12 +180,5 @@ SPEC = registry.ModelSpec(
     load=load,
     evaluations=("contextual",),
     distributed=True,
-    modules=(
-        "models.base",
-        "models.data",
-        "models.vectors",
-        "models.contextual",
-        "models.pretraining",
-        "models.transformer",
-    ),
+    modules=transformer.SPEC_MODULES,
 )

@@ -56,6 +56,15 @@ from models.contextual import ContextualModel
 from models.pretraining import HELDOUT_SEED, Builder, ExampleStream, Item, Position, prefetch
 from storage import Dataset
 
+# the modules whose source defines a run of any of the three, beside the model's own
+SPEC_MODULES = (
+    "models.base",
+    "models.data",
+    "models.vectors",
+    "models.contextual",
+    "models.pretraining",
+    "models.transformer",
+)
 EXPORT_DIR = "model"
 TOKENIZER_DIR = "tokenizer"  # where a tokenizer dataset keeps its files (tasks/subword.py writes them)
 SETTINGS_FILE = "pretraining.json"  # the run's config, beside model/, for load() to rebuild the examples

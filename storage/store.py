@@ -44,7 +44,9 @@ class Store:
     def __init__(self, url: str | os.PathLike[str], **storage_options: Any) -> None:
         url = os.fspath(url)
         if not url:
-            raise ValueError("store URL is empty: pass a folder such as work/store or a URL such as s3://bucket/x")
+            raise ValueError(
+                "store URL is empty: pass a folder such as work/store or a URL such as s3://bucket/x"
+            )
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
         self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.is_local = self.protocol in ("file", "local")
@@ -60,9 +62,13 @@ class Store:
 
     def __reduce__(self):
         # tasks receive the store by value on remote workers: rebuild it from its URL there
-        return (Store, (self.url,), None, None, None) if not self.storage_options else (
-            _store_with_options,
-            (self.url, self.storage_options),
+        return (
+            (Store, (self.url,), None, None, None)
+            if not self.storage_options
+            else (
+                _store_with_options,
+                (self.url, self.storage_options),
+            )
         )
 
     def path(self, *parts: str) -> str:
@@ -75,7 +81,9 @@ class Store:
     def dataset(self, name: str) -> Dataset:
         name = name.strip("/")
         if not name or ".." in name.split("/"):
-            raise ValueError(f"dataset name must be a relative folder name like 'wikipedia/enwiki', got {name!r}")
+            raise ValueError(
+                f"dataset name must be a relative folder name like 'wikipedia/enwiki', got {name!r}"
+            )
         return Dataset(self, name)
 
     def datasets(self, prefix: str = "") -> list[Dataset]:
@@ -178,7 +186,9 @@ class Dataset:
     def open_atomic(self, relative: str, mode: str = "wb") -> Iterator[IO[Any]]:
         """Open a file for writing under a temporary name; it gets its real name only when closed cleanly."""
         final = self.file(relative)
-        tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex[:12]}-{posixpath.basename(final)}")
+        tmp = posixpath.join(
+            posixpath.dirname(final), f".tmp-{uuid.uuid4().hex[:12]}-{posixpath.basename(final)}"
+        )
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         try:
             with self.fs.open(tmp, mode) as f:

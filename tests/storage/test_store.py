@@ -28,8 +28,11 @@ def test_commit_round_trip_and_fingerprint(store):
     r = recipe(n=1)
     ds.begin(r)
     ds.write_table("rows/part-00000.parquet", pa.table({"id": [1, 2], "text": ["x", "y"]}, schema=SCHEMA))
-    ds.commit(Manifest.from_recipe(r, tables={"rows": (SCHEMA, ["rows/part-00000.parquet"], 2)},
-                                   counts={"rows_in": 2}))
+    ds.commit(
+        Manifest.from_recipe(
+            r, tables={"rows": (SCHEMA, ["rows/part-00000.parquet"], 2)}, counts={"rows_in": 2}
+        )
+    )
     assert ds.is_current(r)
     assert not ds.is_current(recipe(n=2))
     assert ds.read_table("rows").column("text").to_pylist() == ["x", "y"]
