@@ -4,7 +4,7 @@
                                       [--threads 1] [--models skipgram cbow fasttext glove]
                                       [--bucket 2000000] [--store DIR]
 
-The corpus is the issue's reference one: the English sample dumps of ../shared/data (ingested by
+The corpus is the reference one of the figures below: the English sample dumps of ../shared/data (ingested by
 ingest-wikipedia) plus the 117,659 WordNet glosses, through build-text-assets' corpus, vocabulary and
 token shards (min count 5). gensim trains on the very same sentences (the token shards' rows, as
 words), with the same dim, window, negatives, epochs, min count and subsampling, `workers` equal to
