@@ -44,16 +44,10 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  (Prefect defaults before Prefect is imported)
+from bench.text_assets import GLOSSES, ingest_english_dumps
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-ENGLISH_DUMPS = [
-    "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
-    "enwiki-table-markup.xml.bz2",
-    "wikipedia2vec-enwiki-pages-articles-sample.xml.bz2",
-    "zulko-wiki_dump_extractor-tiny_dump-enwiki-export-0.11.xml.bz2",
-]
-GLOSSES = DATA / "text_corpora" / "wordnet30_glosses" / "wordnet30-glosses.txt.bz2"
 QUESTIONS = DATA / "word_eval" / "gensim" / "questions-words.txt"
 PAIRS = {
     "ws353": DATA / "word_eval" / "gensim" / "wordsim353.tsv",
@@ -68,19 +62,12 @@ def prepare(store_url: str) -> tuple[str, str, list[list[str]]]:
     """Token shards and co-occurrence (window 10) of the corpus, and its sentences as words for gensim."""
     import pyarrow.parquet as pq
 
-    from flows.ingest_wikipedia import ingest_wikipedia
     from storage import Store
     from tasks import cooccurrence as co
     from tasks import corpus as cp
 
     store = Store(store_url)
-    names = []
-    for dump in ENGLISH_DUMPS:
-        name = "bench-" + dump.split(".")[0]
-        dataset = store.dataset(f"wikipedia/{name}")
-        if not dataset.is_complete():
-            ingest_wikipedia(source=str(DATA / "wikipedia_xml" / dump), store=store_url, name=name)
-        names.append(dataset.name)
+    names = ingest_english_dumps(store_url)
     _, _, tokens = cp.build_in_process(store, [*names, str(GLOSSES)], "bench-en", min_count=5)
     cooccurrence = store.dataset("text/bench-en/cooccurrence")
     co.count_in_process(cooccurrence, tokens, co.CooccurrenceOptions(window=10))
@@ -246,7 +233,8 @@ def _ratio(a, b) -> str:
 
 def format_rows(rows) -> str:
     lines = [
-        f"{'model':9} {'impl':22} {'seconds':>8} {'rate':>14} {'analogy':>8} {'answered':>8} {'ws353':>6} {'simlex':>6} {'rw':>6}"
+        f"{'model':9} {'impl':22} {'seconds':>8} {'rate':>14} {'analogy':>8} {'answered':>8}"
+        f" {'ws353':>6} {'simlex':>6} {'rw':>6}"
     ]
     for kind, who, result, rate, unit in rows:
 

@@ -93,11 +93,10 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, _status_mb("VmHWM"))
 
 
-def prepare(store_url: str) -> tuple[str, dict]:
-    """Ingest the English dumps (once) and build corpus, vocabulary and token shards (once)."""
+def ingest_english_dumps(store_url: str) -> list[str]:
+    """The English sample dumps as article datasets of the store (ingested once); their names."""
     from flows.ingest_wikipedia import ingest_wikipedia
     from storage import Store
-    from tasks import corpus as cp
 
     store = Store(store_url)
     names = []
@@ -107,6 +106,16 @@ def prepare(store_url: str) -> tuple[str, dict]:
         if not dataset.is_complete():
             ingest_wikipedia(source=str(DATA / "wikipedia_xml" / dump), store=store_url, name=name)
         names.append(dataset.name)
+    return names
+
+
+def prepare(store_url: str) -> tuple[str, dict]:
+    """Ingest the English dumps (once) and build corpus, vocabulary and token shards (once)."""
+    from storage import Store
+    from tasks import corpus as cp
+
+    store = Store(store_url)
+    names = ingest_english_dumps(store_url)
     started = time.perf_counter()
     corpus, vocabulary, tokens = cp.build_in_process(store, [*names, str(GLOSSES)], "bench-en", min_count=5)
     figures = {

@@ -100,12 +100,22 @@ def _images(embedding, run_name: str) -> dict[str, bytes]:
     return images
 
 
+def _read_pair_sets(pairs: list[str]) -> dict[str, tuple[list[tuple[str, str, float]], int]]:
+    """Each similarity file's pairs and its count of invalid lines, by file."""
+    return {path: ev.read_pairs(path) for path in pairs}
+
+
 def _word_results(
-    run: Dataset, embedding, analogies: str | None, pairs: list[str], restrict_vocab: int
+    run: Dataset,
+    embedding,
+    analogies: str | None,
+    pair_sets: dict[str, tuple[list[tuple[str, str, float]], int]],
+    restrict_vocab: int,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """Analogy rows by section and one similarity row per pairs file, with each file's invalid lines."""
     logger = run_logger()
-    analogy_rows, similarity_rows, invalid = [], [], {}
+    analogy_rows, similarity_rows = [], []
+    invalid = {set_name(path): bad for path, (_, bad) in pair_sets.items()}
     if analogies:
         sections, invalid[set_name(analogies)] = ev.read_analogies(analogies)
         for row in ev.evaluate_analogies(embedding, sections, restrict_vocab=restrict_vocab):
@@ -115,8 +125,7 @@ def _word_results(
             f"{run.name} {set_name(analogies)}: 3CosAdd {total['accuracy_add']:.3f} 3CosMul {total['accuracy_mul']:.3f} "
             f"of {total['answered']:,}/{total['questions']:,} answered ({total['answered_built']:,} more built)"
         )
-    for path in pairs:
-        items, invalid[set_name(path)] = ev.read_pairs(path)
+    for path, (items, _) in pair_sets.items():
         row = ev.evaluate_pairs(embedding, items, restrict_vocab=restrict_vocab)
         similarity_rows.append({"run": run.name, "set": set_name(path), **row})
         logger.info(
@@ -130,10 +139,10 @@ def _word_results(
     return analogy_rows, similarity_rows, invalid
 
 
-def _pair_words(pairs: list[str]) -> list[str]:
+def _pair_words(pair_sets: dict[str, tuple[list[tuple[str, str, float]], int]]) -> list[str]:
     words: dict[str, None] = {}
-    for path in pairs:
-        for a, b, _ in ev.read_pairs(path)[0]:
+    for items, _ in pair_sets.values():
+        for a, b, _ in items:
             words[a.lower()] = None
             words[b.lower()] = None
     return list(words)
@@ -160,14 +169,17 @@ def evaluate_run(
     spec = registry.get(read_run_config(run)["model"])
     loaded = spec.load(run)
     dataset.begin(recipe)
+    pair_sets = _read_pair_sets(pairs)
     plots_made: dict[str, bytes] = {}
     heldout_rows: list[dict[str, Any]] = []
     if spec.family == "contextual":
         scores = loaded.heldout(run_assets(run, spec), max_examples=max_examples)
         heldout_rows = [{"run": run.name, "metric": k, "value": float(v)} for k, v in scores.items()]
         logger.info(f"{run.name} held out: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-        embedding = loaded.static_embedding(_pair_words(pairs))
-        analogy_rows, similarity_rows, invalid = _word_results(run, embedding, None, pairs, restrict_vocab)
+        embedding = loaded.static_embedding(_pair_words(pair_sets))
+        analogy_rows, similarity_rows, invalid = _word_results(
+            run, embedding, None, pair_sets, restrict_vocab
+        )
         encode = loaded.encode_words
         history = run.manifest().metrics.get("history") or []
         if (png := cx.heldout_plot(history, f"{run.name}: training loss")) is not None:
@@ -175,7 +187,7 @@ def evaluate_run(
     else:
         embedding = loaded
         analogy_rows, similarity_rows, invalid = _word_results(
-            run, embedding, analogies, pairs, restrict_vocab
+            run, embedding, analogies, pair_sets, restrict_vocab
         )
         encode = cx.static_encoder(embedding)
         plots_made.update(_images(embedding, run.name))

@@ -17,7 +17,6 @@ own (models.contextual.ContextualModel.heldout); this module turns them into row
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from models.vectors import WordEmbedding
+from tasks.evaluation import figure_png
 
 Encode = Callable[[list[list[str]]], list[np.ndarray]]
 
@@ -214,10 +214,7 @@ def senses_plot(rows: list[dict[str, Any]], title: str) -> bytes | None:
     ax.set_xlabel("cosine to the other sense")
     ax.set_ylabel("cosine between two sentences of one sense")
     ax.set_title(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def heldout_plot(history: list[dict[str, float]], title: str) -> bytes | None:
@@ -235,7 +232,4 @@ def heldout_plot(history: list[dict[str, float]], title: str) -> bytes | None:
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("training loss")
     ax.set_title(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)

@@ -283,7 +283,7 @@ def neighbours(embedding: WordEmbedding, word: str, count: int = 10) -> list[tup
     return [(embedding.words[k], float(scores[k])) for k in best if k != own][:count]
 
 
-def _figure_png(figure) -> bytes:
+def figure_png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -316,7 +316,7 @@ def analogy_plot(
     ax.set_xlabel(f"{axes[0][1]} - {axes[0][0]}")
     ax.set_ylabel(f"{axes[1][1]} - {axes[1][0]}")
     ax.set_title(title)
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def neighbours_plot(embedding: WordEmbedding, title: str, words: list[str], count: int = 8) -> bytes | None:
@@ -340,7 +340,7 @@ def neighbours_plot(embedding: WordEmbedding, title: str, words: list[str], coun
     for ax in list(axes.flat)[len(found) :]:
         ax.axis("off")
     figure.suptitle(title)
-    return _figure_png(figure)
+    return figure_png(figure)
 
 
 def projection_plot(embedding: WordEmbedding, title: str, count: int = 300) -> bytes | None:
@@ -362,4 +362,4 @@ def projection_plot(embedding: WordEmbedding, title: str, count: int = 300) -> b
     for k in rows[: min(120, len(rows))]:
         ax.annotate(embedding.words[k], points[k], fontsize=6)
     ax.set_title(title)
-    return _figure_png(figure)
+    return figure_png(figure)

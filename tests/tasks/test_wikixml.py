@@ -122,7 +122,10 @@ def test_malformed_page_is_rejected_and_reading_goes_on():
 def test_huge_page_is_skipped_without_buffering_it(monkeypatch):
     monkeypatch.setattr(wikixml, "MAX_PAGE_BYTES", 10_000)
     huge = b"<page><title>Huge</title><ns>0</ns><id>7</id><revision><text>" + b"w " * 50_000
-    after = b"</text></revision></page><page><title>Next</title><ns>0</ns><id>8</id><revision><text>ok</text></revision></page>"
+    after = (
+        b"</text></revision></page>"
+        b"<page><title>Next</title><ns>0</ns><id>8</id><revision><text>ok</text></revision></page>"
+    )
     stream = io.BytesIO(b"<mediawiki>" + huge + after + b"</mediawiki>")
     blocks = iter(lambda: stream.read(4096), b"")
     pages = list(iter_pages(blocks, "inline"))
