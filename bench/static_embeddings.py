@@ -161,9 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--negative", type=int, default=5)
     parser.add_argument("--min-count", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="our torch threads and gensim's workers")
+    parser.add_argument("--threads", type=int, default=1, help="our threads and gensim's workers")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["numba"],
+        choices=["numba", "torch"],
+        help="our backends to run (torch: the batched one, for GPUs)",
+    )
     parser.add_argument("--bucket", type=int, default=2_000_000, help="fastText n-gram buckets, both")
     parser.add_argument("--glove-epochs", type=int, default=15)
+    parser.add_argument(
+        "--glove-x-max",
+        type=float,
+        default=10.0,
+        help="as the reference run (the tool's demo.sh); 100 is its default",
+    )
     parser.add_argument("--models", nargs="+", default=["skipgram", "cbow", "fasttext", "glove"])
     parser.add_argument("--store", help="store folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -194,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                     "dim": str(args.dim),
                     "epochs": str(args.glove_epochs),
                     "min_count": str(args.min_count),
+                    "x_max": str(args.glove_x_max),
                 }
-                mine = ours(store_url, "glove", overrides, args.threads, assets)
-                rows.append(("glove", "ours", mine, mine["metrics"]["pairs_per_s"], "pairs/s"))
+                for backend in args.backends:
+                    mine = ours(store_url, "glove", overrides | {"backend": backend}, args.threads, assets)
+                    rows.append(("glove", f"ours {backend}", mine, mine["metrics"]["pairs_per_s"], "pairs/s"))
                 reference = {**GLOVE_C_REFERENCE, "answered": None, "simlex": None, "rw": None}
                 rows.append(("glove", "Stanford C (recorded)", reference, None, ""))
                 continue
@@ -205,11 +220,17 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "fasttext"
                 else ("word2vec", {"mode": kind})
             )
-            mine = ours(store_url, model, shared | extra, args.threads, assets)
-            theirs = anchor(kind, sentences, args)
-            for who, result in (("ours", mine), ("gensim", theirs)):
+            results = [
+                (
+                    f"ours {backend}",
+                    ours(store_url, model, shared | extra | {"backend": backend}, args.threads, assets),
+                )
+                for backend in args.backends
+            ]
+            results.append(("gensim", anchor(kind, sentences, args)))
+            for who, result in results:
                 rows.append((kind, who, result, corpus_words * args.epochs / result["seconds"], "words/s"))
-            print(format_rows(rows[-2:]), flush=True)
+            print(format_rows(rows[-len(results) :]), flush=True)
 
     print(
         f"\n{corpus_words:,} words, {args.epochs} epochs, dim {args.dim}, window {args.window}, "
@@ -217,13 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_rows(rows))
     print("\nratio ours/anchor (words/s, analogy, ws353, simlex, rw):")
-    for k in range(0, len(rows) - 1):
-        (kind, who, mine, rate, _), (kind2, who2, theirs, rate2, _) = rows[k], rows[k + 1]
-        if who == "ours" and kind == kind2 and who2 == "gensim":
+    anchors = {kind: (result, rate) for kind, who, result, rate, _ in rows if not who.startswith("ours")}
+    for kind, who, mine, rate, _ in rows:
+        if who.startswith("ours") and kind in anchors:
+            theirs, rate2 = anchors[kind]
             ratios = [_ratio(rate, rate2)] + [
                 _ratio(mine.get(key), theirs.get(key)) for key in ("analogy", "ws353", "simlex", "rw")
             ]
-            print(f"  {kind:9} " + "  ".join(ratios))
+            print(f"  {kind:9} {who:12} " + "  ".join(ratios))
     return 0
 
 

@@ -1,15 +1,15 @@
-"""fastText: skip-gram over words and their character n-grams (Bojanowski et al. 2017), batched in torch.
+"""fastText: skip-gram over words and their character n-grams (Bojanowski et al. 2017).
 
     embedpipe train fasttext --store work/store --set dim=100 --set minn=3 --set maxn=6 --set bucket=2000000
 
 A word's input vector is the mean of its own row and the rows of its character n-grams: the n-grams
 of "<word>" for n in minn..maxn, hashed with 32-bit FNV-1a over their UTF-8 bytes (as fastText and
 gensim hash them) into ``bucket`` rows. Every input row of a word takes the whole gradient, as in
-fastText's unsupervised models, and a row's summed update in a step is bounded as skip-gram bounds a
-word's (models/word2vec.py, STEP_LIMIT): an n-gram row sums the curvature of every word of the step
-that has it (unbounded, the loss on the bench corpus reached 1e18 in epoch 2, 2026-12). The rest
-(subsampling, dynamic window, negative sampling, linear learning-rate decay, resume) is word2vec's
-loop, models/word2vec.py.
+fastText's unsupervised models. The rest (subsampling, dynamic window, negative sampling, linear
+learning-rate decay, resume, the two backends) is word2vec's loop, models/word2vec.py: numba trains
+one pair at a time as fastText does; torch batches a chunk and bounds a row's summed update in a
+step as skip-gram bounds a word's (STEP_LIMIT), since an n-gram row sums the curvature of every word
+of the step that has it (unbounded, the loss on the bench corpus reached 1e18 in epoch 2, 2026-12).
 
 Exports, into the run folder:
     vectors.txt            the vocabulary's vectors (the mean of word and n-gram rows), word2vec text format
@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from models import registry
+from models import native, registry
 from models.base import clear_checkpoints, require
 from models.data import TokenShards, Vocabulary
 from models.vectors import WordEmbedding, export_word_vectors, load_word_vectors
@@ -117,9 +117,19 @@ class SubwordNegativeSampling(NegativeSampling):
     def __init__(self, words: list[str], config: FastTextConfig, device: torch.device) -> None:
         super().__init__(len(words) + config.bucket, len(words), config.dim, device, config.seed)
         rows, offsets = subword_table(words, config)
+        self.row_table, self.row_offsets = rows, offsets
         self.rows = torch.from_numpy(rows).to(device)
         self.starts = torch.from_numpy(offsets[:-1]).to(device)
         self.lengths = torch.from_numpy(np.diff(offsets)).to(device)
+
+    def native(self, step: str):
+        assert step == "skipgram", "fastText trains skip-gram"
+        return native.subword_skipgram_chunk, (
+            self.input.numpy(),
+            self.output.numpy(),
+            self.row_table,
+            self.row_offsets,
+        )
 
     def _rows_of(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The input rows of ``words`` concatenated (N,), their bag offsets (C,) and lengths (C,)."""
@@ -210,5 +220,5 @@ SPEC = registry.ModelSpec(
     load=load,
     evaluations=("word",),
     distributed=True,
-    modules=("models.base", "models.data", "models.vectors", "models.word2vec"),
+    modules=("models.base", "models.data", "models.native", "models.vectors", "models.word2vec"),
 )

@@ -1,4 +1,4 @@
-"""GloVe: weighted least squares on the co-occurrence counts (Pennington et al. 2014), AdaGrad, in torch.
+"""GloVe: weighted least squares on the co-occurrence counts (Pennington et al. 2014), AdaGrad.
 
     embedpipe train glove --store work/store --set dim=100 --set epochs=15 --set x_max=100
 
@@ -7,9 +7,14 @@ For every non-zero count x(i, j) of the co-occurrence Parquet of build-text-asse
     f(x) (w_i . c_j + b_i + b'_j - log x)^2,    f(x) = min(1, (x / x_max) ** alpha)
 
 minimized with AdaGrad as Stanford's tool does (its updates: lr times the gradient, divided by the
-root of the summed squares of those, which start at 1). Each epoch visits every pair once in an order drawn from (seed, epoch); a step takes ``batch``
-pairs, scores them against the same parameters and adds their updates into the rows. The exported
-vector of a word is w_i + c_i (the tool's -model 2).
+root of the summed squares of those, which start at 1). Each epoch visits every pair once in an
+order drawn from (seed, epoch). The exported vector of a word is w_i + c_i (the tool's -model 2).
+
+Two backends (``backend``; auto: numba on the CPU, torch on a GPU): numba (models/native.py) updates
+one pair at a time as the tool does, each thread taking its share of a step's ``batch`` pairs;
+torch scores a step's ``batch`` pairs against the same parameters and adds their updates into the
+rows, which on the CPU trails the tool (see bench/static_embeddings.py) since a frequent word's
+rows take the sum of hundreds of AdaGrad steps computed from one old value.
 
 The counts are read into memory once (16 bytes a pair): the co-occurrence of the English sample
 dumps and WordNet glosses (window 10) is 9.6M pairs, 150 MB.
@@ -19,14 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from models import registry
+from models import native, registry
 from models.base import (
     CheckpointClock,
+    ConfigError,
     Meter,
     ModelConfig,
     TrainContext,
@@ -53,7 +59,10 @@ class GloVeConfig(ModelConfig):
     epochs: int = 15  # passes over the counts (the tool: -iter), 1..1000
     lr: float = 0.05  # AdaGrad learning rate (the tool: -eta), (0, 10]
     min_count: int = 5  # words seen fewer times are dropped with their pairs, >= 1
-    batch: int = 0  # pairs per step; 0 = auto (4,096 on the CPU, 65,536 on a GPU), 64..2^22
+    backend: Literal["auto", "numba", "torch"] = "auto"  # auto: numba on the CPU, torch on a GPU
+    batch: int = (
+        0  # pairs per step; 0 = auto (numba 1,048,576; torch 4,096 on the CPU, 65,536 on a GPU), 64..2^22
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -68,17 +77,26 @@ class GloVeConfig(ModelConfig):
         )
 
     def resolved(self, device: torch.device) -> GloVeConfig:
-        if self.batch:
-            return self
-        return GloVeConfig.from_dict(self.to_dict() | {"batch": 65_536 if device.type == "cuda" else 4_096})
+        backend = self.backend
+        if backend == "auto":
+            backend = "torch" if device.type == "cuda" else "numba"
+        if backend == "numba" and device.type != "cpu":
+            raise ConfigError(
+                f"backend numba trains on the CPU, but the run's device is {device}; "
+                "use --set backend=torch on a GPU, or --device cpu"
+            )
+        # numba's step only sets how often progress is counted and a checkpoint may be taken
+        batch = self.batch or (2**20 if backend == "numba" else 65_536 if device.type == "cuda" else 4_096)
+        return GloVeConfig.from_dict(self.to_dict() | {"backend": backend, "batch": batch})
 
     def describe(self) -> str:
         return f"d{self.dim} x_max {self.x_max:g}"
 
     def cpu_threads(self) -> int | None:
-        # a step of 4,096 pairs is too small to share: on 2 cores (2026-12), 570k pairs/s on 1 thread
-        # against 46k on 2 with one other busy process, the threads waiting on each other at every op
-        return 1
+        # a torch step of 4,096 pairs is too small to share: on 2 cores (2026-12), 570k pairs/s on 1
+        # thread against 46k on 2 with one other busy process, the threads waiting on each other at
+        # every op; numba's threads each take their own share of the pairs
+        return 1 if self.backend == "torch" else None
 
 
 class GloVe:
@@ -123,6 +141,13 @@ class GloVe:
         self.gbw.index_add_(0, i, fdiff * fdiff)
         self.gbc.index_add_(0, j, fdiff * fdiff)
         return loss
+
+    def native_step(self, pool: native.Threads, arrays: tuple[np.ndarray, ...], order: np.ndarray, lr: float):
+        """The pairs ``order`` one at a time, split among the pool's threads; returns (loss, skipped)."""
+        parameters = tuple(tensor.numpy() for tensor in self.tensors().values())
+        parts = np.array_split(order, pool.count)
+        results = pool.map(native.glove_pairs, [(*parameters, *arrays, part, lr) for part in parts])
+        return sum(r[0] for r in results), sum(r[1] for r in results)
 
 
 def read_pairs(dataset: Dataset, remap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -178,24 +203,37 @@ def train(config: GloVeConfig, assets: Mapping[str, Dataset], ctx: TrainContext)
         history=state["history"],
     )
     clock = CheckpointClock(options)
-    order = None
-    for step_index in range(first_step, total_steps):
-        epoch, position = divmod(step_index, steps_per_epoch)
-        if order is None or position == 0:
-            # the epoch's order depends only on (seed, epoch): a resumed run visits what the first would have
-            order = torch.randperm(pairs, generator=generator(device, config.seed, epoch + 1), device=device)
-        batch = order[position * config.batch : (position + 1) * config.batch]
-        loss = net.step(i_all[batch], j_all[batch], log_x[batch], weight[batch], config.lr)
-        meter.update(len(batch), loss, len(batch))
-        meter.maybe_log(epoch=epoch + 1)
-        epoch_end = position == steps_per_epoch - 1
-        if clock.due(step_index + 1, epoch_end):
-            state = {"pairs": meter.done, "totals": meter.totals, "history": meter.history}
-            save_checkpoint(ctx.run, step_index + 1, net.tensors(), state, keep=options.keep_checkpoints)
-            clock.mark()
-            if clock.stop_requested(step_index + 1) and step_index + 1 < total_steps:
-                raise TrainingInterrupted(f"glove: stopped after step {step_index + 1} as asked")
+    pool = native.Threads(torch.get_num_threads() if config.backend == "numba" else 1)
+    arrays = tuple(t.numpy() for t in (i_all, j_all, log_x, weight)) if config.backend == "numba" else ()
+    order, skipped = None, 0
+    try:
+        for step_index in range(first_step, total_steps):
+            epoch, position = divmod(step_index, steps_per_epoch)
+            if order is None or position == 0:
+                # the epoch's order depends only on (seed, epoch): a resumed run visits what the first would have
+                order = torch.randperm(
+                    pairs, generator=generator(device, config.seed, epoch + 1), device=device
+                )
+            batch = order[position * config.batch : (position + 1) * config.batch]
+            if config.backend == "numba":
+                loss, skips = net.native_step(pool, arrays, batch.numpy(), config.lr)
+                skipped += skips
+            else:
+                loss = net.step(i_all[batch], j_all[batch], log_x[batch], weight[batch], config.lr)
+            meter.update(len(batch), loss, len(batch))
+            meter.maybe_log(epoch=epoch + 1)
+            epoch_end = position == steps_per_epoch - 1
+            if clock.due(step_index + 1, epoch_end):
+                state = {"pairs": meter.done, "totals": meter.totals, "history": meter.history}
+                save_checkpoint(ctx.run, step_index + 1, net.tensors(), state, keep=options.keep_checkpoints)
+                clock.mark()
+                if clock.stop_requested(step_index + 1) and step_index + 1 < total_steps:
+                    raise TrainingInterrupted(f"glove: stopped after step {step_index + 1} as asked")
+    finally:
+        pool.close()
     meter.maybe_log(force=True, epoch=config.epochs)
+    if skipped:
+        ctx.logger.warning(f"glove: {skipped:,} pair updates skipped: their error overflowed")
 
     export_word_vectors(ctx.run, vocab.tokens, net.w + net.c)
     clear_checkpoints(ctx.run, keep_last=options.keep_final_checkpoint)
@@ -210,6 +248,9 @@ def train(config: GloVeConfig, assets: Mapping[str, Dataset], ctx: TrainContext)
         "final_loss": meter.history[-1]["loss"] if meter.history else None,
         "history": meter.history,
         "processes": 1,
+        "threads": pool.count,
+        "backend": config.backend,
+        "pairs_skipped_overflow": skipped,
         "device": str(device),
     }
 
@@ -227,4 +268,5 @@ SPEC = registry.ModelSpec(
     train=train,
     load=load,
     evaluations=("word",),
+    modules=("models.base", "models.data", "models.native", "models.vectors"),
 )

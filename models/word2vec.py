@@ -1,4 +1,4 @@
-"""word2vec: CBOW and skip-gram with negative sampling (Mikolov et al. 2013), batched in torch.
+"""word2vec: CBOW and skip-gram with negative sampling (Mikolov et al. 2013).
 
     embedpipe train word2vec --store work/store --set mode=cbow --set dim=100 --set epochs=5
 
@@ -7,7 +7,13 @@ train: frequent words are subsampled, each center word draws its window from 1..
 come from the unigram distribution raised to 0.75, and the learning rate falls linearly from lr to
 min_lr over all epochs. Exports vectors.txt (word2vec text format) into the run folder.
 
-What differs from the one-pair-at-a-time C loop, to run as large tensor operations:
+Two backends train the same model (``backend``; auto: numba on the CPU, torch on a GPU):
+
+numba (models/native.py) is the C tool's algorithm compiled: one pair at a time, each reading the
+rows the previous pairs wrote, one chunk of ``batch_words`` tokens per thread, the threads sharing
+the matrices without locks (as gensim's workers do).
+
+torch batches a chunk into large tensor operations, for GPUs:
 - one step takes a chunk of ``batch_words`` tokens (whole sentences): every center of the chunk is
   scored against the same parameters, and the updates are summed into the rows with index_add_;
 - so a frequent word's row takes hundreds of updates of one step at once (as a noise word above
@@ -18,8 +24,10 @@ What differs from the one-pair-at-a-time C loop, to run as large tensor operatio
   from each context, the same pairs in the other direction), ``negative`` noise words per pair.
   (Sharing one draw among a center's contexts, weighted by their number, was tried: it pushed every
   vector toward one common direction, mean cosine 0.97 after one epoch of the WordNet glosses.)
+
 The random draws of a chunk come from a generator seeded by (seed, epoch, chunk), so a run resumed
-from a checkpoint draws what the uninterrupted run drew.
+from a checkpoint draws what the uninterrupted run drew (exactly so with one numba thread; with
+several, their interleaving changes the last bits, as with gensim's workers).
 
 Several processes (torchrun): each takes its contiguous share of the chunks and the parameters are
 averaged every ``sync_every`` steps and at each epoch end. One GPU already trains far faster than the
@@ -37,15 +45,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import registry
+from models import native, registry
 from models.base import (
     CheckpointClock,
+    ConfigError,
     Distributed,
     Meter,
     ModelConfig,
     TrainContext,
     TrainingInterrupted,
     clear_checkpoints,
+    derive_seed,
     generator,
     load_checkpoint,
     require,
@@ -62,6 +72,9 @@ from storage import Dataset
 # GPU a step of 8,192 tokens is a few dozen kernels, well under a millisecond.
 CPU_BATCH_WORDS = 2_048
 GPU_BATCH_WORDS = 8_192
+# Tokens per chunk of the numba backend, one chunk a thread at a time (gensim's batch_words): large
+# enough that handing a chunk to a thread costs nothing next to training it
+NUMBA_BATCH_WORDS = 10_000
 
 # The largest lr x curvature a row's summed update may take in one step (bounded_steps). A gradient
 # step of size lr on a loss of curvature c overshoots the minimum where lr c > 1 and diverges where
@@ -105,7 +118,10 @@ class WindowConfig(ModelConfig):
     epochs: int = 5  # passes over the token shards, 1..1000
     lr: float = 0.025  # learning rate at the start (gensim: alpha), (0, 10]
     min_lr: float = 0.0001  # learning rate at the end, reached linearly, 0..lr
-    batch_words: int = 0  # tokens per step, 0 = auto (2,048 on the CPU, 8,192 on a GPU); 256..2^20
+    backend: Literal["auto", "numba", "torch"] = "auto"  # auto: numba on the CPU, torch on a GPU
+    batch_words: int = (
+        0  # tokens per chunk, 0 = auto (numba 10,000; torch 2,048 on the CPU, 8,192 on a GPU); 256..2^20
+    )
     sync_every: int = 64  # steps between parameter averaging across torchrun processes, >= 1
 
     def validate(self) -> None:
@@ -133,12 +149,22 @@ class WindowConfig(ModelConfig):
         require(self.sync_every >= 1, "sync_every", self.sync_every, ">= 1")
 
     def resolved(self, device: torch.device):
-        if self.batch_words:
-            return self
-        values = self.to_dict() | {
-            "batch_words": GPU_BATCH_WORDS if device.type == "cuda" else CPU_BATCH_WORDS
-        }
-        return type(self).from_dict(values)
+        backend = self.backend
+        if backend == "auto":
+            backend = "torch" if device.type == "cuda" else "numba"
+        if backend == "numba" and device.type != "cpu":
+            raise ConfigError(
+                f"backend numba trains on the CPU, but the run's device is {device}; "
+                "use --set backend=torch on a GPU, or --device cpu"
+            )
+        batch_words = self.batch_words or (
+            NUMBA_BATCH_WORDS
+            if backend == "numba"
+            else GPU_BATCH_WORDS
+            if device.type == "cuda"
+            else CPU_BATCH_WORDS
+        )
+        return type(self).from_dict(self.to_dict() | {"backend": backend, "batch_words": batch_words})
 
 
 @dataclass
@@ -152,10 +178,11 @@ class Word2VecConfig(WindowConfig):
         return f"{self.mode} d{self.dim}"
 
     def cpu_threads(self) -> int | None:
-        # a CBOW step is a few small gathers and scatters, where torch's threads cost more than they
-        # give: 20,000 WordNet glosses on 2 cores (2026-12), 426k words/s on 1 thread, 75k on 2;
-        # skip-gram's larger steps gain from both (135k on 1, 203k on 2)
-        return 1 if self.mode == "cbow" else None
+        # a torch CBOW step is a few small gathers and scatters, where torch's threads cost more than
+        # they give: 20,000 WordNet glosses on 2 cores (2026-12), 426k words/s on 1 thread, 75k on 2;
+        # skip-gram's larger steps gain from both (135k on 1, 203k on 2); numba's threads each train
+        # a chunk of their own
+        return 1 if self.mode == "cbow" and self.backend == "torch" else None
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -173,17 +200,10 @@ class NoiseSampler:
     LOOKUP_STEPS = 4
 
     def __init__(self, counts: np.ndarray, exponent: float, device: torch.device) -> None:
-        weights = counts.astype(np.float64) ** exponent
-        # integer table on a 2^31 scale: exact, and the same on every device
-        cumulative = np.round(np.cumsum(weights) / weights.sum() * (2**31 - 1)).astype(np.int64)
+        cumulative = noise_table(counts, exponent)
         self.table = torch.from_numpy(cumulative).to(device)
-        bits = min(20, (len(cumulative) - 1).bit_length() + 2)
-        self.shift = 31 - bits
-        starts = np.arange(2**bits, dtype=np.int64) << self.shift
-        first = np.minimum(np.searchsorted(cumulative, starts, side="right"), len(cumulative) - 1)
-        # the words inside one slot's range: the steps a search from the slot's first word may need
-        self.steps = int(np.diff(first, append=len(cumulative) - 1).max())
-        self.first = torch.from_numpy(first).to(device) if self.steps <= self.LOOKUP_STEPS else None
+        first, self.shift, self.steps = noise_slots(cumulative, self.LOOKUP_STEPS)
+        self.first = torch.from_numpy(first).to(device) if self.steps >= 0 else None
 
     def sample(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
         draws = torch.randint(0, int(self.table[-1]), shape, generator=gen, device=self.table.device)
@@ -197,6 +217,24 @@ class NoiseSampler:
         for _ in range(self.steps):
             words += self.table[words] <= draws
         return words
+
+
+def noise_table(counts: np.ndarray, exponent: float) -> np.ndarray:
+    """The cumulative noise weights counts ** exponent as integers on a 2^31 scale: exact on every device."""
+    weights = counts.astype(np.float64) ** exponent
+    return np.round(np.cumsum(weights) / weights.sum() * (2**31 - 1)).astype(np.int64)
+
+
+def noise_slots(cumulative: np.ndarray, most_steps: int) -> tuple[np.ndarray, int, int]:
+    """The first word of each slot of a draw's top bits (about four slots a word, 2^20 at most), the
+    shift that gives a draw's slot, and the steps a search from there needs (-1: over most_steps)."""
+    bits = min(20, (len(cumulative) - 1).bit_length() + 2)
+    shift = 31 - bits
+    starts = np.arange(2**bits, dtype=np.int64) << shift
+    first = np.minimum(np.searchsorted(cumulative, starts, side="right"), len(cumulative) - 1)
+    # the words inside one slot's range: the steps a search from the slot's first word may need
+    steps = int(np.diff(first, append=len(cumulative) - 1).max())
+    return first, shift, steps if steps <= most_steps else -1
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
@@ -276,6 +314,11 @@ class NegativeSampling:
         self.input.copy_(tensors["input"])
         self.output.copy_(tensors["output"])
 
+    def native(self, step: str):
+        """The compiled loop of ``step`` and its leading arguments: the matrices, shared with torch."""
+        kernel = native.skipgram_chunk if step == "skipgram" else native.cbow_chunk
+        return kernel, (self.input.numpy(), self.output.numpy())
+
     # the input side; fastText overrides these two to read and update a word's n-gram rows
     def gather_inputs(self, words: torch.Tensor) -> torch.Tensor:
         return self.input.index_select(0, words)
@@ -330,35 +373,47 @@ class NegativeSampling:
     def cbow_step(
         self, w: Windows, noise: NoiseSampler, negative: int, lr: float, gen: torch.Generator
     ) -> tuple[torch.Tensor, int]:
-        """The mean of each center's contexts predicts the center, against ``negative`` noise words."""
-        # FIXME: CBOW's summed row updates are not bounded as skip-gram's are (STEP_LIMIT). It trains
-        # at 2,048 and 8,192 tokens a step, but at 32,768 on 8,000 WordNet glosses (dim 100, 5 epochs,
-        # min count 3) its loss climbed from 3.6 in epoch 3 to 7.0 in epoch 4 before coming back.
+        """The mean of each center's contexts predicts the center, against ``negative`` noise words.
+
+        Bounded as skip-gram's step is: every context of a center takes the whole gradient of the
+        mean (word2vec's cbow_mean), so the mean moves by that gradient and its curvature along it,
+        sum_k sigmoid'(score_k) |v_k|^2, is what each context row's entry adds to its row's sum.
+        """
         count = len(w.centers)
         contexts_per_center = torch.bincount(w.pair_center, minlength=count).to(self.input.dtype)
         h = torch.zeros(count, self.input.shape[1], device=self.input.device)
         h.index_add_(0, w.pair_center, self.input.index_select(0, w.pair_context))
         h /= contexts_per_center[:, None]  # (C, d)
-        targets = w.tokens[w.centers]  # (C,)
-        noise_words = noise.sample((count, negative), gen)  # (C, K)
-        v_pos = self.output.index_select(0, targets)  # (C, d)
-        v_neg = self.output.index_select(0, noise_words.reshape(-1)).view(count, negative, -1)
+        centers = w.tokens[w.centers]  # (C,)
+        # per center: itself (label 1), then its noise words (label 0)
+        targets = torch.cat([centers[:, None], noise.sample((count, negative), gen)], 1)  # (C, 1+K)
+        flat = targets.reshape(-1)
+        v = self.output.index_select(0, flat).view(count, negative + 1, -1)  # (C, 1+K, d)
+        score = torch.bmm(v, h.unsqueeze(2)).squeeze(2)  # (C, 1+K)
 
-        score_pos = (h * v_pos).sum(1)
-        score_neg = torch.bmm(v_neg, h.unsqueeze(2)).squeeze(2)  # (C, K)
+        sign = torch.full((negative + 1,), -1.0, device=h.device)
+        sign[0] = 1.0
         # a noise word that is the center itself is skipped, as word2vec does
-        not_target = (noise_words != targets[:, None]).to(h.dtype)
-        loss = -(F.logsigmoid(score_pos).sum() + (F.logsigmoid(-score_neg) * not_target).sum())
+        live = (targets != targets[:, :1]).to(h.dtype)
+        live[:, 0] = 1.0
+        signed = score * sign
+        loss = -(F.logsigmoid(signed) * live).sum()
+        miss = torch.sigmoid(-signed).mul_(live)
+        g = miss * sign * lr
+        curvature = miss * (1.0 - miss) * lr
 
-        g_pos = (1.0 - torch.sigmoid(score_pos)) * lr
-        g_neg = torch.sigmoid(score_neg).mul_(not_target).mul_(-lr)
-        grad_h = v_pos * g_pos[:, None] + torch.bmm(g_neg.unsqueeze(1), v_neg).squeeze(1)
-        self.output.index_add_(0, targets, h * g_pos[:, None])
-        self.output.index_add_(
-            0, noise_words.reshape(-1), (g_neg.unsqueeze(2) * h.unsqueeze(1)).flatten(0, 1)
+        h_norms = torch.linalg.vector_norm(h, dim=1).square_()  # (C,)
+        g_out = g * bounded_steps(self.output_sums, flat, (curvature * h_norms[:, None]).reshape(-1)).view_as(
+            g
         )
+        grad_h = torch.bmm(g.unsqueeze(1), v).squeeze(1)  # (C, d)
+        curvature_h = (curvature * torch.linalg.vector_norm(v, dim=2).square_()).sum(1)  # (C,)
+
+        self.output.index_add_(0, flat, (g_out.unsqueeze(2) * h.unsqueeze(1)).flatten(0, 1))
         # every context gets the whole gradient of the mean (word2vec's and gensim's cbow_mean)
-        self.input.index_add_(0, w.pair_context, grad_h.index_select(0, w.pair_center))
+        self.scatter_inputs(
+            w.pair_context, grad_h.index_select(0, w.pair_center), curvature_h.index_select(0, w.pair_center)
+        )
         return loss, count
 
 
@@ -394,20 +449,73 @@ class ChunkPlan:
 
 
 def load_chunk(
-    shards: TokenShards, plan: ChunkPlan, chunk: int, remap: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The in-vocabulary tokens of one chunk and the index of the sentence each belongs to."""
+    shards: TokenShards, plan: ChunkPlan, chunk: int, remap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The in-vocabulary tokens of one chunk (int32) and its sentences' offsets into them (int64)."""
     ids, offsets = shards.read(int(plan.shard[chunk]))
     first, stop = int(plan.first[chunk]), int(plan.stop[chunk])
     begin, end = int(offsets[first]), int(offsets[stop])
-    lengths = np.diff(offsets[first : stop + 1])
-    device = remap.device
-    tokens = remap[torch.tensor(ids[begin:end], dtype=torch.long, device=device)]
-    sentences = torch.repeat_interleave(
-        torch.arange(len(lengths), device=device), torch.from_numpy(lengths).to(device)
-    )
+    tokens = remap[ids[begin:end]]
     known = tokens >= 0
-    return tokens[known], sentences[known]
+    kept_before = np.concatenate([[0], np.cumsum(known)])
+    return tokens[known].astype(np.int32), kept_before[offsets[first : stop + 1] - begin].astype(np.int64)
+
+
+class TorchChunks:
+    """Trains a chunk as one batched step of NegativeSampling (any device)."""
+
+    threads = 1  # one chunk at a time; torch spreads each step over the cores itself
+
+    def __init__(self, net: NegativeSampling, step: str, config: WindowConfig, vocab: Vocabulary, device):
+        self.run_step = net.skipgram_step if step == "skipgram" else net.cbow_step
+        self.config, self.device = config, device
+        self.noise = NoiseSampler(vocab.counts, config.ns_exponent, device)
+        self.keep = torch.from_numpy(keep_probabilities(vocab.counts, config.sample)).to(device)
+
+    def train(self, chunks: list[tuple[np.ndarray, np.ndarray, float, int]]) -> list[tuple[Any, int, int]]:
+        (tokens_np, offsets, lr, seed), *rest = chunks
+        assert not rest, "torch trains one chunk a step"
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        tokens = torch.from_numpy(tokens_np).to(self.device, torch.long)
+        sentences = torch.repeat_interleave(
+            torch.arange(len(offsets) - 1, device=self.device),
+            torch.from_numpy(np.diff(offsets)).to(self.device),
+        )
+        windows = make_windows(tokens, sentences, self.keep, self.config.window, gen)
+        if not len(windows.centers):
+            return [(0.0, 0, len(windows.tokens))]
+        loss, count = self.run_step(windows, self.noise, self.config.negative, lr, gen)
+        return [(loss, count, len(windows.tokens))]
+
+    def close(self) -> None:
+        pass
+
+
+class NumbaChunks:
+    """Trains chunks with the compiled per-pair loops of models/native.py, one chunk per thread."""
+
+    def __init__(
+        self, net: NegativeSampling, step: str, config: WindowConfig, vocab: Vocabulary, threads: int
+    ):
+        self.kernel, self.parameters = net.native(step)
+        self.config = config
+        cumulative = noise_table(vocab.counts, config.ns_exponent)
+        first, shift, steps = noise_slots(cumulative, NoiseSampler.LOOKUP_STEPS)
+        self.noise = (cumulative, first.astype(np.int32), shift, steps)
+        self.keep = native.keep_thresholds(keep_probabilities(vocab.counts, config.sample))
+        self.pool = native.Threads(threads)
+        self.threads = self.pool.count
+
+    def train(self, chunks: list[tuple[np.ndarray, np.ndarray, float, int]]) -> list[tuple[Any, int, int]]:
+        c = self.config
+        jobs = [
+            (*self.parameters, tokens, offsets, self.keep, self.noise, c.window, c.negative, lr, seed)
+            for tokens, offsets, lr, seed in chunks
+        ]
+        return self.pool.map(self.kernel, jobs)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def train_windows(
@@ -420,7 +528,10 @@ def train_windows(
     ctx: TrainContext,
     what: str,
 ) -> dict[str, Any]:
-    """The loop word2vec and fastText share: chunks in order, epoch after epoch, resumable at any step."""
+    """The loop word2vec and fastText share: chunks in order, epoch after epoch, resumable at any step.
+
+    A step trains one chunk (torch) or one chunk per thread (numba); a checkpoint's step counts chunks.
+    """
     device, dist, options = ctx.device, ctx.dist, ctx.options
     plan = ChunkPlan.build(shards, remap, config.batch_words)
     if plan.words.sum() == 0:
@@ -432,11 +543,10 @@ def train_windows(
     mine = np.arange(dist.rank * per_rank, min(len(plan), (dist.rank + 1) * per_rank))
     my_words = np.concatenate([[0], np.cumsum(plan.words[mine])])
     total_steps = per_rank * config.epochs
-
-    noise = NoiseSampler(vocab.counts, config.ns_exponent, device)
-    keep = torch.from_numpy(keep_probabilities(vocab.counts, config.sample)).to(device)
-    remap_t = torch.from_numpy(remap).to(device)
-    run_step = net.skipgram_step if step == "skipgram" else net.cbow_step
+    if config.backend == "numba":
+        chunks = NumbaChunks(net, step, config, vocab, torch.get_num_threads())
+    else:
+        chunks = TorchChunks(net, step, config, vocab, device)
 
     first_step, state = 0, {"words": 0, "totals": {}, "history": []}
     checkpoint = load_checkpoint(ctx.run, device)
@@ -457,34 +567,43 @@ def train_windows(
     clock = CheckpointClock(options)
     lr = config.lr
 
-    for step_index in range(first_step, total_steps):
-        epoch, position = divmod(step_index, per_rank)
-        if position < len(mine):
-            chunk = int(mine[position])
-            # linear decay over this process's words, as gensim decays over the corpus
-            progress = (epoch + my_words[position] / my_words[-1]) / config.epochs
-            lr = config.lr - (config.lr - config.min_lr) * progress
-            gen = generator(device, config.seed, epoch, chunk)
-            tokens, sentences = load_chunk(shards, plan, chunk, remap_t)
-            windows = make_windows(tokens, sentences, keep, config.window, gen)
-            loss, count = (
-                run_step(windows, noise, config.negative, lr, gen) if len(windows.centers) else (0.0, 0)
-            )
-            meter.update(int(plan.words[chunk]), loss, count, effective_words=len(windows.tokens))
-        if dist.is_main:
-            meter.maybe_log(epoch=epoch + 1, lr=lr)
-
-        epoch_end = position == per_rank - 1
-        if dist.world_size > 1 and (epoch_end or (position + 1) % config.sync_every == 0):
-            dist.average_(list(net.tensors().values()))
-        if checkpoint_due(clock, dist, step_index + 1, epoch_end):
+    step_index = first_step
+    try:
+        while step_index < total_steps:
+            epoch, position = divmod(step_index, per_rank)
+            # a step's chunks stay inside one epoch and one averaging interval
+            stop = min(position + chunks.threads, per_rank)
+            if dist.world_size > 1:
+                stop = min(stop, (position // config.sync_every + 1) * config.sync_every)
+            work, words = [], []
+            for p in range(position, min(stop, len(mine))):
+                chunk = int(mine[p])
+                # linear decay over this process's words, as gensim decays over the corpus
+                progress = (epoch + my_words[p] / my_words[-1]) / config.epochs
+                lr = config.lr - (config.lr - config.min_lr) * progress
+                tokens, offsets = load_chunk(shards, plan, chunk, remap)
+                work.append((tokens, offsets, lr, derive_seed(config.seed, epoch, chunk)))
+                words.append(int(plan.words[chunk]))
+            results = chunks.train(work) if work else []
+            for count_words, (loss, count, effective) in zip(words, results, strict=True):
+                meter.update(count_words, loss, count, effective_words=effective)
+            step_index += stop - position
             if dist.is_main:
-                state = {"words": meter.done, "totals": meter.totals, "history": meter.history}
-                save_checkpoint(ctx.run, step_index + 1, net.tensors(), state, keep=options.keep_checkpoints)
-            dist.barrier()
-            clock.mark()
-            if clock.stop_requested(step_index + 1) and step_index + 1 < total_steps:
-                raise TrainingInterrupted(f"{what}: stopped after step {step_index + 1} as asked")
+                meter.maybe_log(epoch=epoch + 1, lr=lr)
+
+            epoch_end = stop == per_rank
+            if dist.world_size > 1 and (epoch_end or stop % config.sync_every == 0):
+                dist.average_(list(net.tensors().values()))
+            if checkpoint_due(clock, dist, step_index, epoch_end):
+                if dist.is_main:
+                    state = {"words": meter.done, "totals": meter.totals, "history": meter.history}
+                    save_checkpoint(ctx.run, step_index, net.tensors(), state, keep=options.keep_checkpoints)
+                dist.barrier()
+                clock.mark()
+                if clock.stop_requested(step_index) and step_index < total_steps:
+                    raise TrainingInterrupted(f"{what}: stopped after step {step_index} as asked")
+    finally:
+        chunks.close()
 
     if dist.is_main:
         meter.maybe_log(force=True, epoch=config.epochs, lr=lr)
@@ -501,6 +620,8 @@ def train_windows(
         "final_loss": meter.history[-1]["loss"] if meter.history else None,
         "history": meter.history,
         "processes": dist.world_size,
+        "threads": chunks.threads,
+        "backend": config.backend,
         "device": str(device),
     }
 
@@ -553,4 +674,5 @@ SPEC = registry.ModelSpec(
     load=load,
     evaluations=("word",),
     distributed=True,
+    modules=("models.base", "models.data", "models.native", "models.vectors"),
 )

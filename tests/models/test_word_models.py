@@ -21,6 +21,8 @@ TRAINED = {
     "fasttext": ("fasttext", {"epochs": "2", "min_count": "3", "dim": "32", "bucket": "20000"}),
     "glove": ("glove", {"epochs": "4", "min_count": "3", "dim": "32"}),
 }
+# the batched backend (a GPU's) trains the same models; CI runs it on the CPU
+TRAINED |= {f"{case} torch": (model, o | {"backend": "torch"}) for case, (model, o) in list(TRAINED.items())}
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +60,21 @@ def test_loss_falls_and_gensim_loads_the_vectors(glosses, case):
     assert checkpoint_steps(run) == []  # removed once exported
 
 
-@pytest.mark.parametrize("case", ["word2vec skipgram", "fasttext"])
-def test_skipgram_stays_bounded_with_large_steps(glosses, case):
+@pytest.mark.parametrize(
+    "case, tokens, more",
+    [
+        ("word2vec skipgram", 8192, {"epochs": "3"}),
+        ("fasttext", 8192, {"epochs": "3"}),
+        ("word2vec cbow", 32768, {"epochs": "5", "dim": "100"}),
+    ],
+)
+def test_batched_steps_stay_bounded_when_large(glosses, case, tokens, more):
     # 8,192 tokens a step (the GPU's default) on 8,000 glosses: "the" is drawn as a noise word ~2,800
     # times a step; unbounded, the summed updates of such rows overshot and the loss rose past 1e4
-    # (fastText's past 1e20) within 3 epochs
+    # (fastText's past 1e20) within 3 epochs; CBOW's, at 32,768 tokens, from 3.6 to 7.0 in epoch 3
     store, names = glosses
-    model, overrides = TRAINED[case]
-    overrides = overrides | {"epochs": "3", "batch_words": "8192"}
+    model, overrides = TRAINED[f"{case} torch"]
+    overrides = overrides | more | {"batch_words": str(tokens)}
     metrics, _ = train_run(store, names, model, overrides, f"large-{case.replace(' ', '-')}", log_every_s=0.0)
     losses = [point["loss"] for point in metrics["history"] if np.isfinite(point["loss"])]
     start = 6 * np.log(2)  # every score 0: log 2 for the context and for each of 5 noise words
@@ -145,20 +154,51 @@ def test_each_model_puts_the_planted_pairs_closest(planted, case):
 
 
 @pytest.mark.parametrize(
-    "model, overrides", [TRAINED["word2vec skipgram"], TRAINED["fasttext"], TRAINED["glove"]]
+    "case", ["word2vec skipgram", "word2vec skipgram torch", "fasttext", "glove", "glove torch"]
 )
-def test_resume_after_a_kill_gives_the_uninterrupted_result(glosses, model, overrides):
+def test_resume_after_a_kill_gives_the_uninterrupted_result(glosses, case):
     store, names = glosses
-    overrides = overrides | {"epochs": "2"}
-    _, whole = train_run(store, names, model, overrides, f"{model}-whole")
+    model, overrides = TRAINED[case]
+    # GloVe's numba steps are a million pairs by default: the whole of an epoch here
+    overrides = overrides | {"epochs": "2"} | ({"batch": "16384"} if model == "glove" else {})
+    name = case.replace(" ", "-")
+    _, whole = train_run(store, names, model, overrides, f"{name}-whole")
 
     with pytest.raises(TrainingInterrupted):
-        train_run(store, names, model, overrides, f"{model}-resumed", stop_after_steps=7, keep_checkpoints=1)
-    assert checkpoint_steps(store.dataset(f"runs/{model}-resumed")) == [7]
-    _, resumed = train_run(store, names, model, overrides, f"{model}-resumed")
+        train_run(store, names, model, overrides, f"{name}-resumed", stop_after_steps=7, keep_checkpoints=1)
+    assert checkpoint_steps(store.dataset(f"runs/{name}-resumed")) == [7]
+    _, resumed = train_run(store, names, model, overrides, f"{name}-resumed")
 
     expected = registry.get(model).load(whole).vectors
     np.testing.assert_array_equal(registry.get(model).load(resumed).vectors, expected)
+
+
+@pytest.mark.parametrize("case", ["word2vec skipgram", "word2vec cbow", "fasttext", "glove"])
+def test_numba_threads_share_the_matrices_and_learn_as_one_does(glosses, case):
+    # Hogwild: two threads write the same rows without locks; they must learn what one thread does
+    store, names = glosses
+    model, overrides = TRAINED[case]
+    overrides = overrides | ({"batch": "65536"} if model == "glove" else {})
+    name = case.replace(" ", "-")
+    one, _ = train_run(store, names, model, overrides, f"{name}-one-thread")
+    spec = registry.get(model)
+    run = store.dataset(f"runs/{name}-two-threads")
+    context = TrainContext.create(run, RunOptions(device="cpu", threads=2))
+    config = spec.config.from_overrides(overrides).resolved(context.device)
+    two = spec.train(config, {need.name: store.dataset(names[need.name]) for need in spec.needs}, context)
+    assert (one["threads"], two["threads"]) == (1, 2)
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=0.05)
+    words, vectors = registry.get(model).load(run).words, registry.get(model).load(run).vectors
+    assert np.isfinite(vectors).all() and len(words) == one["vocabulary"]
+
+
+def test_numba_trains_on_the_cpu_only():
+    config = registry.get("word2vec").config.from_overrides({"backend": "numba"})
+    with pytest.raises(ConfigError, match="backend numba trains on the CPU"):
+        config.resolved(torch.device("cuda", 0))
+    auto = registry.get("glove").config.from_overrides({})
+    assert auto.resolved(torch.device("cuda", 0)).backend == "torch"
+    assert auto.resolved(torch.device("cpu")).backend == "numba"
 
 
 def test_onehot_and_phoc_export_the_vocabulary(glosses):
