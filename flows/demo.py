@@ -162,7 +162,7 @@ DEMO_MODELS = [
     ("phoc", {"min_count": "3"}),
     ("word2vec", {"mode": "skipgram", "epochs": "5", "min_count": "3"}),
     ("word2vec", {"mode": "cbow", "epochs": "5", "min_count": "3"}),
-    ("glove", {"epochs": "15", "min_count": "3"}),
+    ("glove", {"epochs": "15", "min_count": "3", "x_max": "10"}),  # x_max 10 suits a corpus this small
     ("fasttext", {"epochs": "3", "min_count": "3", "bucket": "200000"}),
 ]
 

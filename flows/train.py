@@ -225,6 +225,7 @@ def train(
     threads: int = 0,
     nproc: int = 1,
     checkpoint_every_s: float = 600.0,
+    checkpoint_epochs: bool = True,
     log_every_s: float = 10.0,
 ) -> str:
     """Train one model on the text assets of the store; returns the run's dataset name (runs/...)."""
@@ -237,7 +238,11 @@ def train(
     except (ConfigError, ValueError) as error:
         raise InputError(str(error)) from None
     options = RunOptions(
-        device=device, threads=threads, checkpoint_every_s=checkpoint_every_s, log_every_s=log_every_s
+        device=device,
+        threads=threads,
+        checkpoint_every_s=checkpoint_every_s,
+        checkpoint_epochs=checkpoint_epochs,
+        log_every_s=log_every_s,
     )
     from models.base import select_device
 
@@ -309,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             nproc=args.nproc,
             checkpoint_every_s=args.checkpoint_every,
+            checkpoint_epochs=not args.no_epoch_checkpoints,
             log_every_s=args.log_every,
         )
     except InputError as error:
@@ -352,6 +358,11 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: every core)")
     parser.add_argument("--nproc", type=int, default=1, help="processes under torchrun, one per GPU")
     parser.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints")
+    parser.add_argument(
+        "--no-epoch-checkpoints",
+        action="store_true",
+        help="checkpoint by time only, not also at each epoch end (short epochs of large models)",
+    )
     parser.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     parser.set_defaults(run=run)
 

@@ -297,7 +297,8 @@ class RunOptions:
 
     device: str = "auto"  # auto, cpu, cuda, cuda:1
     threads: int = 0  # CPU threads; 0 = every core available to this process
-    checkpoint_every_s: float = 600.0  # seconds between checkpoints (one is always written at each epoch end)
+    checkpoint_every_s: float = 600.0  # seconds between checkpoints
+    checkpoint_epochs: bool = True  # also write one at each epoch end
     log_every_s: float = 10.0  # seconds between progress lines
     keep_checkpoints: int = 2  # older checkpoints are removed once a newer one is complete
     keep_final_checkpoint: bool = False  # keep the last checkpoint once the model is exported
@@ -334,6 +335,17 @@ def derive_seed(seed: int, *position: int) -> int:
     """
     state = np.random.SeedSequence([seed, *position])
     return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def host_tensor(*shape: int, device: torch.device) -> torch.Tensor:
+    """A zero float32 tensor on ``device``; on the CPU backed by NumPy, which asks Linux for huge pages.
+
+    Rows read at random from a matrix of millions of 4 KB pages miss the TLB on nearly every read;
+    NumPy marks its large allocations for transparent huge pages (madvise) where torch does not.
+    """
+    if device.type == "cpu":
+        return torch.from_numpy(np.zeros(shape, np.float32))
+    return torch.zeros(*shape, device=device)
 
 
 def generator(device: torch.device, seed: int, *position: int) -> torch.Generator:
@@ -460,7 +472,7 @@ class CheckpointClock:
         self.last = time.monotonic()
 
     def due(self, step: int, epoch_end: bool = False) -> bool:
-        if epoch_end or self.stop_requested(step):
+        if (epoch_end and self.options.checkpoint_epochs) or self.stop_requested(step):
             return True
         return time.monotonic() - self.last >= self.options.checkpoint_every_s
 

@@ -39,6 +39,7 @@ from models.base import (
     TrainingInterrupted,
     clear_checkpoints,
     generator,
+    host_tensor,
     load_checkpoint,
     require,
     save_checkpoint,
@@ -54,7 +55,9 @@ class GloVeConfig(ModelConfig):
 
     model = "glove"
     dim: int = 100  # vector size, 2..4096 (the tool: -vector-size)
-    x_max: float = 100.0  # counts at or above it get weight 1, > 0
+    x_max: float = (
+        100.0  # counts at or above it get weight 1, > 0 (the paper's; 10 suits a few million words)
+    )
     alpha: float = 0.75  # exponent of the weighting below x_max, 0..1
     epochs: int = 15  # passes over the counts (the tool: -iter), 1..1000
     lr: float = 0.05  # AdaGrad learning rate (the tool: -eta), (0, 10]
@@ -105,14 +108,16 @@ class GloVe:
     def __init__(self, words: int, dim: int, device: torch.device, seed: int) -> None:
         gen = generator(torch.device("cpu"), seed, 0)
         # as the tool: uniform in (-0.5/dim, 0.5/dim), biases too; squared gradients start at 1
-        self.w = ((torch.rand(words, dim, generator=gen) - 0.5) / dim).to(device)
-        self.c = ((torch.rand(words, dim, generator=gen) - 0.5) / dim).to(device)
-        self.bw = ((torch.rand(words, generator=gen) - 0.5) / dim).to(device)
-        self.bc = ((torch.rand(words, generator=gen) - 0.5) / dim).to(device)
-        self.gw = torch.ones(words, dim, device=device)
-        self.gc = torch.ones(words, dim, device=device)
-        self.gbw = torch.ones(words, device=device)
-        self.gbc = torch.ones(words, device=device)
+        cpu = torch.device("cpu")
+        # the draws of torch.rand, in this order, into NumPy-backed (huge-page) memory
+        self.w, self.c, self.bw, self.bc = (
+            host_tensor(*shape, device=cpu).uniform_(generator=gen).sub_(0.5).div_(dim).to(device)
+            for shape in ((words, dim), (words, dim), (words,), (words,))
+        )
+        self.gw, self.gc, self.gbw, self.gbc = (
+            host_tensor(*shape, device=device).fill_(1.0)
+            for shape in ((words, dim), (words, dim), (words,), (words,))
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in ("w", "c", "bw", "bc", "gw", "gc", "gbw", "gbc")}
