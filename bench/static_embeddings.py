@@ -16,24 +16,36 @@ matrices' initialisation and the exports excluded for both).
 GloVe has no anchor in Python: Stanford's C tool (window 10, 15 iterations, 2 threads) on this corpus on
 this kind of machine is written below as measured once (its build is not part of this repository).
 
-Measured 2026-12-04, defaults (1,896,794 words, 5 epochs, dim 100, window 5, negative 5, min count 5,
-1 thread / 1 worker), on an x86_64 VM with 2 cores (AMD EPYC) shared with other work, so words/s move
-by +-20% from run to run; the scores repeat exactly (fixed seeds):
+Measured 2026-12-04, defaults (1,896,794 words, 5 epochs, dim 100, window 5, negative 5, min count 5;
+GloVe window 10, 15 iterations, x_max 10), numba backend, on an x86_64 VM with 2 cores (AMD EPYC)
+shared with other work, so words/s move by up to +-30% from run to run (a neighbour's memory traffic
+slows these memory-bound loops); the scores repeat exactly on one thread (fixed seeds):
 
+    1 thread / 1 worker
     model     impl                    seconds           rate  analogy answered  ws353 simlex     rw
-    skipgram  ours                      115.6 82,070 words/s    0.063    8,921  0.466  0.215  0.396
-    skipgram  gensim                     34.5 275,145 words/s    0.070    8,921  0.435  0.227  0.390
-    cbow      ours                       24.5 387,297 words/s    0.041    8,921  0.369  0.137  0.324
-    cbow      gensim                     11.3 837,084 words/s    0.039    8,921  0.371  0.156  0.352
-    fasttext  ours                      141.1 67,230 words/s    0.457    8,921  0.473  0.158  0.353
-    fasttext  gensim                     57.4 165,220 words/s    0.511    8,921  0.438  0.186  0.327
-    glove     ours                      152.6 579,720 pairs/s    0.015    8,921  0.216  0.020  0.209
+    skipgram  ours numba                 19.0 498,710 words/s    0.069    8,921  0.422  0.224  0.394
+    skipgram  gensim                     36.6 258,921 words/s    0.072    8,921  0.432  0.231  0.391
+    cbow      ours numba                  6.2 1,523,285 words/s   0.037    8,921  0.352  0.138  0.338
+    cbow      gensim                     11.2 843,857 words/s    0.042    8,921  0.364  0.137  0.338
+    fasttext  ours numba                 40.2 235,673 words/s    0.491    8,921  0.429  0.171  0.319
+    fasttext  gensim                     57.7 164,342 words/s    0.521    8,921  0.425  0.175  0.329
+    glove     ours numba                 43.5 2,024,450 pairs/s  0.030    8,921  0.390  0.092  0.309
     glove     Stanford C (recorded)     110.0              -    0.034        -  0.390      -      -
 
-Before skip-gram's summed row updates were bounded (models/word2vec.py, STEP_LIMIT), skip-gram scored
-0.004 / 0.078 / 0.036 / 0.066 (its loss passed 1e4 in epoch 1) and fastText's loss reached 1e18.
-Alternating the two versions in one process on the first 500 steps of this run, the bounded step
-took 7.5 s where the unbounded one took 9.3 (best of 3 each).
+    2 threads / 2 workers
+    skipgram  ours numba                 12.9 734,736 words/s    0.068    8,921  0.425  0.225  0.395
+    skipgram  gensim                     18.3 517,399 words/s    0.075    8,921  0.440  0.231  0.400
+    cbow      ours numba                  3.1 3,051,470 words/s   0.038    8,921  0.360  0.139  0.341
+    cbow      gensim                      4.6 2,044,032 words/s   0.045    8,921  0.368  0.135  0.331
+    fasttext  ours numba                 29.9 317,349 words/s    0.497    8,921  0.445  0.170  0.322
+    fasttext  gensim                     29.0 327,498 words/s    0.517    8,921  0.438  0.171  0.329
+    glove     ours numba                 25.0 3,528,983 pairs/s  0.031    8,921  0.395  0.096  0.307
+
+Stanford's run is matched at x_max 10 (its demo.sh value); at the tool's default of 100, GloVe here
+scores 0.015 / 0.217 / 0.020 / 0.209 with either backend. The torch backend (the batched step, for
+GPUs) on this CPU, one thread: skip-gram 82,070 words/s, 0.063 / 0.466 / 0.215 / 0.396; CBOW
+392,613 words/s, 0.039 / 0.366 / 0.132 / 0.327; fastText 67,230 words/s, 0.457 / 0.473 / 0.158 /
+0.353; GloVe (x_max 100) 579,720 pairs/s.
 """
 
 from __future__ import annotations
