@@ -32,7 +32,6 @@ import torch
 from models import native, registry
 from models.base import (
     CheckpointClock,
-    ConfigError,
     Meter,
     ModelConfig,
     TrainContext,
@@ -80,14 +79,7 @@ class GloVeConfig(ModelConfig):
         )
 
     def resolved(self, device: torch.device) -> GloVeConfig:
-        backend = self.backend
-        if backend == "auto":
-            backend = "torch" if device.type == "cuda" else "numba"
-        if backend == "numba" and device.type != "cpu":
-            raise ConfigError(
-                f"backend numba trains on the CPU, but the run's device is {device}; "
-                "use --set backend=torch on a GPU, or --device cpu"
-            )
+        backend = native.resolve_backend(self.backend, device)
         # numba's step only sets how often progress is counted and a checkpoint may be taken
         batch = self.batch or (2**20 if backend == "numba" else 65_536 if device.type == "cuda" else 4_096)
         return GloVeConfig.from_dict(self.to_dict() | {"backend": backend, "batch": batch})

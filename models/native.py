@@ -91,15 +91,41 @@ def _noise_word(state: np.ndarray, noise) -> np.int64:
 
 
 @numba.njit(**_JIT)
-def _subsample(tokens, start, stop, keep, state, out) -> int:
-    """Copy the kept words of tokens[start:stop] into out; keep[w] is P(keep) on a 2^32 scale."""
-    n = 0
-    for position in range(start, stop):
-        word = tokens[position]
-        if keep[word] >= np.uint64(1) << np.uint64(32) or (_next(state) >> np.uint64(32)) < keep[word]:
-            out[n] = word
-            n += 1
-    return n
+def _subsample(tokens, offsets, keep, state) -> tuple[np.ndarray, np.ndarray]:
+    """The kept words of a chunk's sentences, and the bounds of its pieces in them.
+
+    keep[w] is P(keep w) on a 2^32 scale. A piece is a sentence, or MAX_SENTENCE of its words where
+    it is longer (as gensim cuts them); windows stay inside a piece.
+    """
+    kept = np.empty(len(tokens), np.int64)
+    bounds = np.empty(len(tokens) // MAX_SENTENCE + len(offsets), np.int64)
+    n, pieces = 0, 0
+    bounds[0] = 0
+    for sentence in range(len(offsets) - 1):
+        for piece in range(offsets[sentence], offsets[sentence + 1], MAX_SENTENCE):
+            for position in range(piece, min(piece + MAX_SENTENCE, offsets[sentence + 1])):
+                word = tokens[position]
+                if (
+                    keep[word] >= np.uint64(1) << np.uint64(32)
+                    or (_next(state) >> np.uint64(32)) < keep[word]
+                ):
+                    kept[n] = word
+                    n += 1
+            pieces += 1
+            bounds[pieces] = n
+    return kept[:n], bounds[: pieces + 1]
+
+
+@numba.njit(**_JIT)
+def _seeded(seed) -> np.ndarray:
+    return np.array([np.uint64(seed) | np.uint64(1)], dtype=np.uint64)
+
+
+@numba.njit(**_JIT)
+def _window(state, window, i, start, end) -> tuple[int, int]:
+    """Positions [first, stop) of word i's window, its reach drawn from 1..window, inside [start, end)."""
+    reach = window - np.int64(_next(state) % np.uint64(window))
+    return max(start, i - reach), min(end, i + reach + 1)
 
 
 # --- memory ----------------------------------------------------------------------------------------
@@ -201,31 +227,25 @@ def skipgram_chunk(
     inputs, outputs, tokens, offsets, keep, noise, window, negative, lr, seed
 ) -> tuple[float, int, int]:
     """Skip-gram over the sentences tokens[offsets[s]:offsets[s+1]]; returns (loss, pairs, kept words)."""
-    state = np.array([np.uint64(seed) | np.uint64(1)], dtype=np.uint64)
-    dim = inputs.shape[1]
-    grad = np.zeros(dim, np.float32)
-    kept = np.empty(MAX_SENTENCE, np.int64)
+    state = _seeded(seed)
+    kept, bounds = _subsample(tokens, offsets, keep, state)
+    grad = np.zeros(inputs.shape[1], np.float32)
     targets = np.empty(negative + 1, np.int64)
-    loss, pairs, words = 0.0, 0, 0
-    for sentence in range(len(offsets) - 1):
-        for piece in range(offsets[sentence], offsets[sentence + 1], MAX_SENTENCE):
-            n = _subsample(tokens, piece, min(piece + MAX_SENTENCE, offsets[sentence + 1]), keep, state, kept)
-            words += n
-            for i in range(n):
-                reach = window - np.int64(_next(state) % np.uint64(window))  # 1..window
-                center = kept[i]
-                for j in range(max(0, i - reach), min(n, i + reach + 1)):
-                    if j == i:
-                        continue
-                    hidden = inputs[kept[j]]
-                    grad[:] = 0.0
-                    count = _draw_targets(state, noise, center, negative, outputs, targets)
-                    for q in range(count):
-                        loss += _score(hidden, outputs, targets[q], q == 0, lr, grad)
-                    for k in range(dim):
-                        hidden[k] += grad[k]
-                    pairs += 1
-    return loss, pairs, words
+    loss, pairs = 0.0, 0
+    for piece in range(len(bounds) - 1):
+        for i in range(bounds[piece], bounds[piece + 1]):
+            first, stop = _window(state, window, i, bounds[piece], bounds[piece + 1])
+            for j in range(first, stop):
+                if j == i:
+                    continue
+                hidden = inputs[kept[j]]
+                grad[:] = 0.0
+                count = _draw_targets(state, noise, kept[i], negative, outputs, targets)
+                for q in range(count):
+                    loss += _score(hidden, outputs, targets[q], q == 0, lr, grad)
+                hidden += grad
+                pairs += 1
+    return loss, pairs, len(kept)
 
 
 @numba.njit(**_JIT)
@@ -233,42 +253,31 @@ def cbow_chunk(
     inputs, outputs, tokens, offsets, keep, noise, window, negative, lr, seed
 ) -> tuple[float, int, int]:
     """CBOW over the sentences of a chunk; returns (loss, centers trained, kept words)."""
-    state = np.array([np.uint64(seed) | np.uint64(1)], dtype=np.uint64)
-    dim = inputs.shape[1]
-    grad = np.zeros(dim, np.float32)
-    hidden = np.zeros(dim, np.float32)
-    kept = np.empty(MAX_SENTENCE, np.int64)
+    state = _seeded(seed)
+    kept, bounds = _subsample(tokens, offsets, keep, state)
+    grad = np.zeros(inputs.shape[1], np.float32)
+    hidden = np.zeros(inputs.shape[1], np.float32)
     targets = np.empty(negative + 1, np.int64)
-    loss, centers, words = 0.0, 0, 0
-    for sentence in range(len(offsets) - 1):
-        for piece in range(offsets[sentence], offsets[sentence + 1], MAX_SENTENCE):
-            n = _subsample(tokens, piece, min(piece + MAX_SENTENCE, offsets[sentence + 1]), keep, state, kept)
-            words += n
-            for i in range(n):
-                reach = window - np.int64(_next(state) % np.uint64(window))
-                first, stop = max(0, i - reach), min(n, i + reach + 1)
-                if stop - first < 2:
-                    continue
-                hidden[:] = 0.0
-                for j in range(first, stop):
-                    if j != i:
-                        row = inputs[kept[j]]
-                        for k in range(dim):
-                            hidden[k] += row[k]
-                scale = np.float32(1.0 / (stop - first - 1))
-                for k in range(dim):
-                    hidden[k] *= scale
-                grad[:] = 0.0
-                count = _draw_targets(state, noise, kept[i], negative, outputs, targets)
-                for q in range(count):
-                    loss += _score(hidden, outputs, targets[q], q == 0, lr, grad)
-                for j in range(first, stop):
-                    if j != i:
-                        row = inputs[kept[j]]
-                        for k in range(dim):
-                            row[k] += grad[k]
-                centers += 1
-    return loss, centers, words
+    loss, centers = 0.0, 0
+    for piece in range(len(bounds) - 1):
+        for i in range(bounds[piece], bounds[piece + 1]):
+            first, stop = _window(state, window, i, bounds[piece], bounds[piece + 1])
+            if stop - first < 2:
+                continue
+            hidden[:] = 0.0
+            for j in range(first, stop):
+                if j != i:
+                    hidden += inputs[kept[j]]
+            hidden *= np.float32(1.0 / (stop - first - 1))
+            grad[:] = 0.0
+            count = _draw_targets(state, noise, kept[i], negative, outputs, targets)
+            for q in range(count):
+                loss += _score(hidden, outputs, targets[q], q == 0, lr, grad)
+            for j in range(first, stop):
+                if j != i:
+                    inputs[kept[j]] += grad
+            centers += 1
+    return loss, centers, len(kept)
 
 
 # --- fastText ------------------------------------------------------------------------------------
@@ -279,43 +288,36 @@ def subword_skipgram_chunk(
     inputs, outputs, rows, row_offsets, tokens, offsets, keep, noise, window, negative, lr, seed
 ) -> tuple[float, int, int]:
     """fastText skip-gram: word w's input rows are rows[row_offsets[w]:row_offsets[w+1]] of ``inputs``."""
-    state = np.array([np.uint64(seed) | np.uint64(1)], dtype=np.uint64)
-    dim = inputs.shape[1]
-    grad = np.zeros(dim, np.float32)
-    hidden = np.zeros(dim, np.float32)
-    kept = np.empty(MAX_SENTENCE, np.int64)
+    state = _seeded(seed)
+    kept, bounds = _subsample(tokens, offsets, keep, state)
+    grad = np.zeros(inputs.shape[1], np.float32)
+    hidden = np.zeros(inputs.shape[1], np.float32)
     targets = np.empty(negative + 1, np.int64)
-    loss, pairs, words = 0.0, 0, 0
-    for sentence in range(len(offsets) - 1):
-        for piece in range(offsets[sentence], offsets[sentence + 1], MAX_SENTENCE):
-            n = _subsample(tokens, piece, min(piece + MAX_SENTENCE, offsets[sentence + 1]), keep, state, kept)
-            words += n
-            for i in range(n):
-                reach = window - np.int64(_next(state) % np.uint64(window))
-                center = kept[i]
-                first_row, stop_row = row_offsets[center], row_offsets[center + 1]
-                scale = np.float32(1.0 / (stop_row - first_row))
-                for j in range(max(0, i - reach), min(n, i + reach + 1)):
-                    if j == i:
-                        continue
-                    # the mean of the center's rows, read again for each pair as they change
-                    hidden[:] = 0.0
-                    for r in range(first_row, stop_row):
-                        row = inputs[rows[r]]
-                        for k in range(dim):
-                            hidden[k] += row[k]
-                    for k in range(dim):
-                        hidden[k] *= scale
-                    grad[:] = 0.0
-                    count = _draw_targets(state, noise, kept[j], negative, outputs, targets)
-                    for q in range(count):
-                        loss += _score(hidden, outputs, targets[q], q == 0, lr, grad)
-                    for r in range(first_row, stop_row):
-                        row = inputs[rows[r]]
-                        for k in range(dim):
-                            row[k] += grad[k]
-                    pairs += 1
-    return loss, pairs, words
+    loss, pairs = 0.0, 0
+    for piece in range(len(bounds) - 1):
+        for i in range(bounds[piece], bounds[piece + 1]):
+            first, stop = _window(state, window, i, bounds[piece], bounds[piece + 1])
+            own = rows[row_offsets[kept[i]] : row_offsets[kept[i] + 1]]
+            scale = np.float32(1.0 / len(own))
+            for j in range(first, stop):
+                if j == i:
+                    continue
+                # the mean of the center's rows, read again for each pair as they change
+                hidden[:] = 0.0
+                for r in own:
+                    hidden += inputs[r]
+                hidden *= scale
+                grad[:] = 0.0
+                count = _draw_targets(state, noise, kept[j], negative, outputs, targets)
+                for q in range(count):
+                    loss += _score(hidden, outputs, targets[q], q == 0, lr, grad)
+                for r in own:
+                    inputs[r] += grad
+                pairs += 1
+    return loss, pairs, len(kept)
+
+
+# --- GloVe ---------------------------------------------------------------------------------------
 
 
 # without "reassoc", under which LLVM compiled the overflow check below away (the dot product,
@@ -375,6 +377,20 @@ class Threads:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def resolve_backend(backend: str, device) -> str:
+    """The backend a word model's "auto" means on ``device`` (numba on the CPU, torch on a GPU), checked."""
+    from models.base import ConfigError
+
+    if backend == "auto":
+        return "torch" if device.type == "cuda" else "numba"
+    if backend == "numba" and device.type != "cpu":
+        raise ConfigError(
+            f"backend numba trains on the CPU, but the run's device is {device}; "
+            "use --set backend=torch on a GPU, or --device cpu"
+        )
+    return backend
 
 
 def keep_thresholds(keep: np.ndarray) -> np.ndarray:

@@ -48,7 +48,6 @@ import torch.nn.functional as F
 from models import native, registry
 from models.base import (
     CheckpointClock,
-    ConfigError,
     Distributed,
     Meter,
     ModelConfig,
@@ -151,14 +150,7 @@ class WindowConfig(ModelConfig):
         require(self.sync_every >= 1, "sync_every", self.sync_every, ">= 1")
 
     def resolved(self, device: torch.device):
-        backend = self.backend
-        if backend == "auto":
-            backend = "torch" if device.type == "cuda" else "numba"
-        if backend == "numba" and device.type != "cpu":
-            raise ConfigError(
-                f"backend numba trains on the CPU, but the run's device is {device}; "
-                "use --set backend=torch on a GPU, or --device cpu"
-            )
+        backend = native.resolve_backend(self.backend, device)
         batch_words = self.batch_words or (
             NUMBA_BATCH_WORDS
             if backend == "numba"

@@ -219,10 +219,20 @@ def test_noise_draws_follow_the_table_and_subsampling_its_probabilities(most_ste
     keep = keep_probabilities(counts, 1e-2)
     assert keep[0] < 0.5 and keep[-1] == 1.0
     tokens = np.repeat(np.arange(6, dtype=np.int32), 20_000)
-    out = np.empty(len(tokens), np.int64)
-    n = native._subsample(tokens, 0, len(tokens), native.keep_thresholds(keep), state, out)
-    kept = np.bincount(out[:n], minlength=6) / 20_000
-    np.testing.assert_allclose(kept, keep, atol=0.015)
+    kept, bounds = native._subsample(tokens, np.array([0, len(tokens)]), native.keep_thresholds(keep), state)
+    np.testing.assert_allclose(np.bincount(kept, minlength=6) / 20_000, keep, atol=0.015)
+    # a sentence longer than MAX_SENTENCE is cut into pieces of that many words, before subsampling
+    assert len(bounds) - 1 == -(-len(tokens) // native.MAX_SENTENCE) and bounds[-1] == len(kept)
+
+
+def test_windows_stay_inside_their_sentence():
+    inputs, outputs = matrices()
+    tokens = np.array([1, 2, 3, 4], np.int32)
+    # two sentences of two words, window 5: each word has one context, its sentence's other word
+    _, pairs, _ = native.skipgram_chunk(
+        inputs, outputs, tokens, np.array([0, 2, 4]), KEEP_ALL, only_noise(5), 5, 1, 0.1, 1
+    )
+    assert pairs == 4
 
 
 def test_a_chunk_repeats_its_draws_from_its_seed():
