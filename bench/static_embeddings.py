@@ -23,27 +23,28 @@ slows these memory-bound loops); the scores repeat exactly on one thread (fixed 
 
     1 thread / 1 worker
     model     impl                    seconds           rate  analogy answered  ws353 simlex     rw
-    skipgram  ours numba                 19.0 498,710 words/s    0.069    8,921  0.422  0.224  0.394
-    skipgram  gensim                     36.6 258,921 words/s    0.072    8,921  0.432  0.231  0.391
-    cbow      ours numba                  6.2 1,523,285 words/s   0.037    8,921  0.352  0.138  0.338
-    cbow      gensim                     11.2 843,857 words/s    0.042    8,921  0.364  0.137  0.338
-    fasttext  ours numba                 40.2 235,673 words/s    0.491    8,921  0.429  0.171  0.319
-    fasttext  gensim                     57.7 164,342 words/s    0.521    8,921  0.425  0.175  0.329
-    glove     ours numba                 43.5 2,024,450 pairs/s  0.030    8,921  0.390  0.092  0.309
+    skipgram  ours numba                 19.9 476,270 words/s    0.079    8,921  0.423  0.235  0.392
+    skipgram  gensim                     31.8 298,207 words/s    0.072    8,921  0.432  0.231  0.391
+    cbow      ours numba                  6.5 1,454,374 words/s   0.040    8,921  0.347  0.130  0.334
+    cbow      gensim                     14.1 671,024 words/s    0.042    8,921  0.364  0.137  0.338
+    fasttext  ours numba                 51.9 182,831 words/s    0.508    8,921  0.421  0.177  0.324
+    fasttext  gensim                     72.8 130,219 words/s    0.521    8,921  0.425  0.175  0.329
+    glove     ours numba                 47.6 1,849,836 pairs/s  0.030    8,921  0.390  0.092  0.309
     glove     Stanford C (recorded)     110.0              -    0.034        -  0.390      -      -
 
     2 threads / 2 workers
-    skipgram  ours numba                 12.9 734,736 words/s    0.068    8,921  0.425  0.225  0.395
-    skipgram  gensim                     18.3 517,399 words/s    0.075    8,921  0.440  0.231  0.400
-    cbow      ours numba                  3.1 3,051,470 words/s   0.038    8,921  0.360  0.139  0.341
-    cbow      gensim                      4.6 2,044,032 words/s   0.045    8,921  0.368  0.135  0.331
-    fasttext  ours numba                 29.9 317,349 words/s    0.497    8,921  0.445  0.170  0.322
-    fasttext  gensim                     29.0 327,498 words/s    0.517    8,921  0.438  0.171  0.329
-    glove     ours numba                 25.0 3,528,983 pairs/s  0.031    8,921  0.395  0.096  0.307
+    skipgram  ours numba                 12.6 755,394 words/s    0.079    8,921  0.435  0.233  0.394
+    skipgram  gensim                     18.8 503,219 words/s    0.074    8,921  0.434  0.233  0.392
+    cbow      ours numba                  3.8 2,514,975 words/s   0.042    8,921  0.352  0.135  0.338
+    cbow      gensim                      5.5 1,735,191 words/s   0.042    8,921  0.363  0.140  0.323
+    fasttext  ours numba                 30.9 307,283 words/s    0.508    8,921  0.432  0.177  0.326
+    fasttext  gensim                     35.1 269,951 words/s    0.513    8,921  0.447  0.176  0.336
+    glove     ours numba                 26.2 3,359,398 pairs/s  0.030    8,921  0.387  0.098  0.305
 
 Stanford's run is matched at x_max 10 (its demo.sh value); at the tool's default of 100, GloVe here
 scores 0.015 / 0.217 / 0.020 / 0.209 with either backend. The torch backend (the batched step, for
-GPUs) on this CPU, one thread: skip-gram 82,070 words/s, 0.063 / 0.466 / 0.215 / 0.396; CBOW
+GPUs) on this CPU, one thread, measured before the input rows were drawn from (-1/dim, 1/dim):
+skip-gram 82,070 words/s, 0.063 / 0.466 / 0.215 / 0.396; CBOW
 392,613 words/s, 0.039 / 0.366 / 0.132 / 0.327; fastText 67,230 words/s, 0.457 / 0.473 / 0.158 /
 0.353; GloVe (x_max 100) 579,720 pairs/s.
 """
