@@ -120,3 +120,36 @@ def test_word2vec_trains_under_torchrun_with_two_processes(glosses):
     assert metrics["processes"] == 2
     embedding = registry.get("word2vec").load(run)
     assert len(embedding) == metrics["vocabulary"] and embedding.norms.min() > 0
+
+
+@pytest.mark.slow
+def test_a_contextual_run_is_scored_on_held_out_articles_and_senses(
+    prefect_server, tmp_path_factory, shared_data
+):
+    from tests.models.test_pretraining import contextual_assets
+
+    store, _ = contextual_assets(tmp_path_factory, shared_data)
+    tiny = {"hidden_size": "64", "intermediate_size": "128", "heads": "2", "block_size": "64"}
+    run = train(
+        model="gpt",
+        store=store.url,
+        overrides=tiny | {"steps": "30", "batch_size": "16"},
+        threads=1,
+        log_every_s=0.0,  # a loss point every step, for the loss plot
+    )
+    assert run.startswith("runs/gpt-")
+    (row,) = evaluate(runs=[run], store=store.url, max_examples=64)
+    assert row["run"] == run.removeprefix("runs/")
+
+    results = store.dataset(f"evaluations/{run.removeprefix('runs/')}")
+    heldout = {r["metric"]: r["value"] for r in pq.read_table(results.file("heldout.parquet")).to_pylist()}
+    # a model barely trained is far better than chance over its 8,000 pieces, and far from perfect
+    assert 1.0 < heldout["perplexity"] < 8_000
+    senses = pq.read_table(results.file("senses.parquet")).to_pylist()
+    assert len({r["word"] for r in senses}) == 16
+    # a word's vector depends on its sentence: two sentences never give it the same one
+    # (a static run gives cosine 1.0 for every word)
+    assert max(r["cosine_same_sense"] for r in senses) < 0.999999
+    assert sorted(p.rsplit("/", 1)[-1] for p in results.files("plots/*.png")) == ["loss.png", "senses.png"]
+    for key in ("wordsim353", "simlex999", "sense_accuracy"):
+        assert key in row
