@@ -43,10 +43,9 @@ slows these memory-bound loops); the scores repeat exactly on one thread (fixed 
 
 Stanford's run is matched at x_max 10 (its demo.sh value); at the tool's default of 100, GloVe here
 scores 0.015 / 0.217 / 0.020 / 0.209 with either backend. The torch backend (the batched step, for
-GPUs) on this CPU, one thread, measured before the input rows were drawn from (-1/dim, 1/dim):
-skip-gram 82,070 words/s, 0.063 / 0.466 / 0.215 / 0.396; CBOW
-392,613 words/s, 0.039 / 0.366 / 0.132 / 0.327; fastText 67,230 words/s, 0.457 / 0.473 / 0.158 /
-0.353; GloVe (x_max 100) 579,720 pairs/s.
+GPUs) on this CPU, one thread (`--backends torch`): skip-gram 86,908 words/s, 0.069 / 0.472 /
+0.219 / 0.400; CBOW 392,613 words/s, 0.039 / 0.366 / 0.132 / 0.327; fastText 90,530 words/s,
+0.477 / 0.478 / 0.160 / 0.357; GloVe (x_max 100) 579,720 pairs/s.
 """
 
 from __future__ import annotations
