@@ -382,12 +382,6 @@ class Threads:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def __enter__(self) -> Threads:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def resolve_backend(backend: str, device) -> str:
     """The backend a word model's "auto" means on ``device`` (numba on the CPU, torch on a GPU), checked."""

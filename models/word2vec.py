@@ -120,9 +120,7 @@ class WindowConfig(ModelConfig):
     lr: float = 0.025  # learning rate at the start (gensim: alpha), (0, 10]
     min_lr: float = 0.0001  # learning rate at the end, reached linearly, 0..lr
     backend: Literal["auto", "numba", "torch"] = "auto"  # auto: numba on the CPU, torch on a GPU
-    batch_words: int = (
-        0  # tokens per chunk, 0 = auto (numba 10,000; torch 2,048 on the CPU, 8,192 on a GPU); 256..2^20
-    )
+    batch_words: int = 0  # tokens per chunk, 256..2^20; 0 = auto (numba 10,000; torch CPU 2,048, GPU 8,192)
     sync_every: int = 64  # steps between parameter averaging across torchrun processes, >= 1
 
     def validate(self) -> None:
@@ -491,7 +489,7 @@ class TorchChunks:
 
 
 class NumbaChunks:
-    """Trains chunks with the compiled per-pair loops of models/native.py, one chunk per thread."""
+    """Trains chunks with the compiled per-pair loops of models/native.py, a chunk per thread at a time."""
 
     def __init__(
         self, net: NegativeSampling, step: str, config: WindowConfig, vocab: Vocabulary, threads: int
